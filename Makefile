@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` (set up, run the main job) and `make test` (set up, run the tests).
+# Both are idempotent: setup re-runs only when pyproject.toml or constraints.txt change.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup dataset demo test lint bench-workloads
+
+setup: $(STAMP) dataset
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	touch $@
+
+# Fashion-MNIST from Debian's package when we may install it; otherwise galen tries the other sources.
+dataset:
+	@if [ -d $(FMNIST_DIR) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else echo "note: $(FMNIST_DIR) missing (sudo apt-get install dataset-fashion-mnist); galen will try --data-dir or a download"; fi
+
+demo: setup
+	$(BIN)/galen demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench-workloads: setup
+	$(BIN)/python -m bench.workloads

@@ -1,0 +1,1 @@
+"""Benchmarks: speed, memory and quality targets measured on this machine, with written results."""

@@ -1,0 +1,1 @@
+"""Gymnasium environments (later issue): pruning, quantization and joint compression, features, sensitivity, rewards."""

@@ -1,0 +1,107 @@
+"""The ``galen`` command: one subcommand per entry point, each with its own ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from experiments import train
+from experiments.options import from_args
+from workloads.checkpoints import CheckpointError
+from workloads.models import ModelNotAvailableError
+
+# The user's mistakes get a one-line error (names, values, what is allowed); anything else is a
+# bug and keeps its traceback. ValueError covers unknown models/datasets and bad config values,
+# FileNotFoundError a dataset found nowhere.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, CheckpointError, ModelNotAvailableError)
+
+DEMO_DEFAULTS = {"model": "resnet20", "dataset": "fashion-mnist", "epochs": 2}
+"""The embedded default of ``galen demo`` (until the search exists: train and evaluate the default base model)."""
+
+
+def _list_models(args: argparse.Namespace) -> None:
+    from workloads.models import MODELS
+
+    for name, factory in MODELS.items():
+        print(f"{name:<12} {(factory.__doc__ or '').strip().splitlines()[0]}")
+    print("tv:<name>    any torchvision model (needs the 'vision' extra and a torchvision build that imports)")
+    print("pkg.mod:fn   your own factory, called with in_channels= and num_classes= when it accepts them")
+
+
+def _list_datasets(args: argparse.Namespace) -> None:
+    from workloads.datasets import DATASETS
+
+    for spec in DATASETS.values():
+        where = ", ".join(str(d) for d in spec.system_dirs if d.is_dir()) or "not installed on this system"
+        print(f"{spec.name:<14} {spec.in_channels}x{spec.image_size}x{spec.image_size}  system install: {where}")
+
+
+def _list_checkpoints(args: argparse.Namespace) -> None:
+    from workloads.checkpoints import CheckpointStore
+
+    store = CheckpointStore(args.store)
+    entries = store.entries()
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return
+    if not entries:
+        print(f"no checkpoints in {store.root}")
+    for e in entries:
+        print(
+            f"{e['model']:<12} {e['dataset']:<14} epochs={e['epochs']:<3} seed={e['seed']:<3} "
+            f"test_acc={100 * e['test_acc']:.2f}%  {e['path']}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="galen", description="Galen on Ray: hardware-specific automatic compression of neural networks."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train (or reuse from the store) a base model and evaluate it", description=train.__doc__)
+    train.build_parser(p)
+    p.set_defaults(handler=lambda a: train.main(from_args(train.TrainConfig, a)))
+
+    p = sub.add_parser(
+        "demo",
+        help="the embedded default job: ResNet-20 on Fashion-MNIST",
+        description="Run the embedded default job. Until the compression search lands it trains "
+        "(or reuses) ResNet-20 on Fashion-MNIST for 2 epochs and evaluates it.",
+    )
+    train.build_parser(p, DEMO_DEFAULTS)
+    p.set_defaults(handler=lambda a: train.main(from_args(train.TrainConfig, a)))
+
+    p = sub.add_parser("models", help="list the registered models", description="List the model registry.")
+    p.set_defaults(handler=_list_models)
+    p = sub.add_parser(
+        "datasets", help="list the registered datasets", description="List the dataset registry and system installs."
+    )
+    p.set_defaults(handler=_list_datasets)
+    p = sub.add_parser("checkpoints", help="list trained base models in the store", description="List the checkpoint store.")
+    p.add_argument("--store", default=None, help="checkpoint store directory (default: $GALEN_HOME/checkpoints)")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(handler=_list_checkpoints)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    handler: Callable[[argparse.Namespace], object] = args.handler
+    try:
+        handler(args)
+    except USER_ERRORS as error:
+        if args.verbose:
+            raise
+        print(f"galen {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Shared fixtures. Every test run gets its own GALEN_HOME so no cache or checkpoint leaks between runs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("galen_home")
+    old = os.environ.get("GALEN_HOME")
+    os.environ["GALEN_HOME"] = str(home)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    torch.set_num_threads(2)
+    yield home
+    if old is None:
+        os.environ.pop("GALEN_HOME", None)
+    else:
+        os.environ["GALEN_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def fmnist():
+    """Fashion-MNIST from the real system install (make setup installs Debian's dataset-fashion-mnist)."""
+    from workloads.datasets import load_dataset
+
+    assert FMNIST_SYSTEM_DIR.is_dir(), (
+        "Fashion-MNIST system install missing: apt-get install dataset-fashion-mnist (make setup does)"
+    )
+    return load_dataset("fashion-mnist", val_size=5000, seed=0, allow_download=False)

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import cli
+from experiments.train import TrainConfig, main
+
+GALEN = shutil.which("galen", path=str(Path(sys.executable).parent))
+SUBCOMMANDS = ["train", "demo", "models", "datasets", "checkpoints"]
+
+
+@pytest.mark.parametrize("command", [[], *([c] for c in SUBCOMMANDS)])
+def test_help_of_every_subcommand(command: list[str]) -> None:
+    assert GALEN, "the galen console script is not installed in this environment"
+    result = subprocess.run([GALEN, *command, "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: galen {' '.join(command)}".rstrip())
+
+
+def test_help_shows_each_config_field_with_its_default() -> None:
+    text = cli.build_parser()._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--epochs EPOCHS       training epochs (default: 5)" in text
+    assert "--progress, --no-progress" in text
+    demo = cli.build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
+    assert "training epochs (default: 2)" in demo
+
+
+def test_train_command_trains_then_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "train",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "256",
+        "--batch-size",
+        "64",
+        "--val-size",
+        "500",
+        "--store",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert cli.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "test accuracy" in first and "(reused from the store)" not in first
+    assert cli.main(argv) == 0
+    assert "(reused from the store)" in capsys.readouterr().out
+    assert cli.main(["checkpoints", "--store", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("resnet20     fashion-mnist  epochs=1   seed=0")
+
+
+def test_train_main_returns_summary(tmp_path: Path) -> None:
+    summary = main(
+        TrainConfig(epochs=1, train_limit=256, batch_size=64, val_size=500, store=str(tmp_path), progress=False, threads=2)
+    )
+    assert summary["reused"] is False and 0.1 < summary["test_acc"] <= 1
+    assert summary["data_source"] == "system install /usr/share/datasets/fashion-mnist"
+
+
+def test_bad_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", "--model", "resnet99", "--store", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        "galen train: error: unknown model 'resnet99'; registered models: resnet20, resnet32, resnet56, resnet18, vgg11_bn, "
+        "vgg16_bn, mobilenetv2; or 'tv:<torchvision name>' (e.g. tv:resnet18), or 'package.module:factory'\n"
+    )
+
+
+def test_bad_dataset_choice_is_rejected_by_the_parser() -> None:
+    result = subprocess.run([GALEN, "train", "--dataset", "svhn"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert (
+        "argument --dataset: invalid choice: 'svhn' (choose from 'fashion-mnist', 'mnist', 'cifar10', 'imagefolder')"
+        in result.stderr
+    )
