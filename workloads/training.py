@@ -90,6 +90,10 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
     return loss_sum / count, correct / count
 
 
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(logits, images, labels) -> scalar loss; the default is cross-entropy (fine-tuning adds distillation)."""
+
+
 def train_model(
     model: nn.Module,
     data: DataSplits,
@@ -98,6 +102,7 @@ def train_model(
     *,
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data.train`` and validate on ``data.val`` after every epoch."""
     loader = data.loader(
@@ -110,6 +115,7 @@ def train_model(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=True
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    objective = loss_fn or (lambda logits, _x, y: criterion(logits, y))
     total, step, result, start = recipe.epochs * len(loader), 0, TrainResult(), time.perf_counter()
     # channels_last: 0.21 s vs 0.25 s per ResNet-20 step (batch 128, 2 threads) measured here.
     model.to(memory_format=torch.channels_last)
@@ -120,7 +126,8 @@ def train_model(
         for x, y in bar:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, total, recipe)
-            loss = criterion(model(x.contiguous(memory_format=torch.channels_last)), y)
+            x = x.contiguous(memory_format=torch.channels_last)
+            loss = objective(model(x), x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,0 +1,54 @@
+"""Applying a policy end to end: prune, recalibrate, (simulate quantization), export, quantize for real."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from compression.costs import Costs, costs
+from compression.export import Artifact, build_artifact, export_onnx
+from compression.policy import CompressionPolicy
+from compression.pruning import prune
+from compression.quant_sim import SimulatedQuantization, attach_fake_quant
+from compression.structure import ModelStructure, discover
+
+
+@dataclass
+class Compressed:
+    """A compressed model: the pruned float module, its structure and costs, and the deployable artifact."""
+
+    model: nn.Module  # pruned, float (fine-tune it with ``simulate()`` attached)
+    structure: ModelStructure  # of the pruned model
+    policy: CompressionPolicy
+    artifact: Artifact | None
+    costs: Costs
+    seconds: dict[str, float] = field(default_factory=dict)  # time per stage
+
+    def simulate(self, calibration: torch.Tensor) -> SimulatedQuantization:
+        """Attach fake quantization per the policy (remove it with ``.remove()``)."""
+        return attach_fake_quant(self.model, self.policy, calibration)
+
+
+def compress(model: nn.Module, policy: CompressionPolicy, example_input: torch.Tensor, calibration: torch.Tensor, *,
+             round_to: int = 8, build: bool = True) -> Compressed:
+    """Prune a copy of ``model`` per ``policy`` and build its int8/fp32 ONNX artifact (``build=False`` skips it).
+
+    ``calibration`` (N, C, H, W), normalised like the model's inputs, calibrates the int8 activation ranges.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    pruned = prune(model, example_input, policy, round_to).eval()
+    structure = discover(pruned, example_input)
+    seconds["prune"] = time.perf_counter() - start
+    artifact = None
+    if build:
+        start = time.perf_counter()
+        exported = export_onnx(pruned, example_input)
+        seconds["export"] = time.perf_counter() - start
+        start = time.perf_counter()
+        artifact = build_artifact(exported, policy, calibration.numpy())
+        seconds["quantize"] = time.perf_counter() - start
+    return Compressed(pruned, structure, policy, artifact, costs(structure, policy, artifact.size_bytes if artifact else None), seconds)

@@ -1,0 +1,185 @@
+"""Layer discovery and pruning groups, from a model and an example input.
+
+Compressible layers are Conv2d (plain, depthwise, grouped) and Linear, listed in execution
+order with their shapes and costs at batch 1. Pruning groups come from Torch-Pruning's
+dependency graph: output channels coupled by a residual addition or a depthwise convolution
+form one group and get one decision. Each group is named after its first member in execution
+order (``conv1``, ``layers.1.0.conv2``), so names are stable and readable. The layers whose
+outputs are the model's outputs (the classifier) are never pruned, and the input channels of
+the first layer are fixed by the data, which Torch-Pruning never prunes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+COMPRESSIBLE = (nn.Conv2d, nn.Linear)
+
+
+class StructureError(ValueError):
+    """A model whose layers cannot be discovered or compressed as asked."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One compressible layer, measured at batch 1."""
+
+    name: str
+    kind: str  # "conv", "depthwise", "grouped" or "linear"
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    groups: int
+    output_hw: tuple[int, int]  # spatial size of the output ((1, 1) for linear layers)
+    macs: int  # multiply-accumulates per image
+    params: int  # weights + bias
+
+
+@dataclass(frozen=True)
+class PruningGroup:
+    """Output channels that must be pruned together (one decision)."""
+
+    name: str
+    channels: int
+    members: tuple[str, ...]  # layers whose output channels this group removes (execution order)
+    consumers: tuple[str, ...]  # layers whose input channels shrink with it
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """What can be compressed in a model: its layers and its pruning groups, in execution order."""
+
+    layers: tuple[LayerInfo, ...]
+    groups: tuple[PruningGroup, ...]
+    output_layers: tuple[str, ...]
+    input_shape: tuple[int, ...]  # (1, C, H, W)
+
+    def layer(self, name: str) -> LayerInfo:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(f"unknown layer {name!r}; layers: {', '.join(self.layer_names)}")
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    @property
+    def group_names(self) -> list[str]:
+        return [group.name for group in self.groups]
+
+    def group_of(self, layer: str) -> PruningGroup | None:
+        """The group whose channels ``layer`` produces (None for output layers)."""
+        return next((g for g in self.groups if layer in g.members), None)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(layer.macs for layer in self.layers)
+
+
+def compressible_layers(model: nn.Module) -> dict[nn.Module, str]:
+    return {module: name for name, module in model.named_modules() if isinstance(module, COMPRESSIBLE)}
+
+
+def trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[list[tuple[str, nn.Module, torch.Size]], list[str]]:
+    """One batch-1 forward pass: (name, module, output shape) per compressible layer in execution order, and the
+    output layers (those whose output tensor is the model's output; else the last layer executed)."""
+    names = compressible_layers(model)
+    calls: list[tuple[str, nn.Module, torch.Size]] = []
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        name = names[module]
+        if name in outputs:
+            raise StructureError(
+                f"layer {name!r} runs more than once per forward pass; shared layers cannot be compressed per call"
+            )
+        calls.append((name, module, output.shape))
+        outputs[name] = output
+
+    handles = [module.register_forward_hook(hook) for module in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            result = model(example_input[:1])
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if not calls:
+        raise StructureError(f"{type(model).__name__} has no Conv2d or Linear layer to compress")
+    return calls, [name for name, out in outputs.items() if out is result] or [calls[-1][0]]
+
+
+def _layer_info(name: str, module: nn.Module, out_shape: torch.Size) -> LayerInfo:
+    params = sum(p.numel() for p in module.parameters(recurse=False))
+    if isinstance(module, nn.Linear):
+        return LayerInfo(
+            name,
+            "linear",
+            module.in_features,
+            module.out_features,
+            (1, 1),
+            (1, 1),
+            1,
+            (1, 1),
+            module.in_features * module.out_features,
+            params,
+        )
+    assert isinstance(module, nn.Conv2d)
+    h, w = int(out_shape[-2]), int(out_shape[-1])
+    kh, kw = module.kernel_size
+    if module.groups == 1:
+        kind = "conv"
+    elif module.groups == module.in_channels == module.out_channels:
+        kind = "depthwise"
+    else:
+        kind = "grouped"
+    macs = h * w * module.out_channels * (module.in_channels // module.groups) * kh * kw
+    return LayerInfo(
+        name, kind, module.in_channels, module.out_channels, (kh, kw), tuple(module.stride), module.groups, (h, w), macs, params
+    )
+
+
+def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
+
+
+def pruning_groups(model: nn.Module, graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[tuple[nn.Module, tp.Group]]:
+    """Torch-Pruning's groups rooted at compressible layers, as (root module, full-channel group)."""
+    result = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=COMPRESSIBLE):
+        result.append((group[0].dep.target.module, group))
+    return result
+
+
+def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
+    """List the compressible layers and pruning groups of ``model`` for inputs like ``example_input``."""
+    calls, outputs = trace_layers(model, example_input)
+    order = {name: index for index, (name, _, _) in enumerate(calls)}
+    names = compressible_layers(model)
+    graph = dependency_graph(model, example_input)
+    ignored = [module for module, name in names.items() if name in outputs]
+    groups = []
+    for _, group in pruning_groups(model, graph, ignored):
+        members, consumers = set(), set()
+        for dep, _ in group:
+            target = dep.target.module
+            if target not in names:
+                continue
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                members.add(names[target])
+            elif graph.is_in_channel_pruning_fn(dep.handler):
+                consumers.add(names[target])
+        members_sorted = tuple(sorted(members, key=order.__getitem__))
+        consumers_sorted = tuple(sorted(consumers - members, key=order.__getitem__))
+        groups.append(PruningGroup(members_sorted[0], len(group[0].idxs), members_sorted, consumers_sorted))
+    groups.sort(key=lambda g: order[g.name])
+    layers = tuple(_layer_info(name, module, shape) for name, module, shape in calls)
+    return ModelStructure(layers, tuple(groups), tuple(outputs), tuple(example_input[:1].shape))
