@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test lint bench-workloads
+.PHONY: setup dataset demo test lint bench-workloads bench-compression
 
 setup: $(STAMP) dataset
 
@@ -33,3 +33,6 @@ lint: setup
 
 bench-workloads: setup
 	$(BIN)/python -m bench.workloads
+
+bench-compression: setup
+	$(BIN)/python -m bench.compression

@@ -1,8 +1,7 @@
 """Benchmark: base-model training on Fashion-MNIST on this machine (``make bench-workloads``).
 
-Trains ResNet-20 and ResNet-56 with the default recipe (5 epochs) and ResNet-20 with the demo
-recipe (2 epochs), each from scratch into a fresh store, and writes test accuracy and seconds
-per epoch to ``bench/results/workloads.json`` and the table in ``bench/README.md``.
+Trains ResNet-20 and ResNet-56 with the default recipe (5 epochs), each from scratch into a fresh
+store, and writes test accuracy and seconds per epoch to ``bench/results/workloads.json`` and the table in ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -10,32 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from bench.report import environment, write_section
 from workloads.base import obtain_base_model
 from workloads.checkpoints import CheckpointStore
 from workloads.datasets import load_dataset
 from workloads.training import Recipe
 
 RESULTS = Path(__file__).parent / "results" / "workloads.json"
-README = Path(__file__).parent / "README.md"
-BEGIN, END = "<!-- workloads:begin -->", "<!-- workloads:end -->"
-RUNS = [("resnet20", 5), ("resnet56", 5), ("resnet20", 2)]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+RUNS = [("resnet20", 5), ("resnet56", 5)]
 
 
 def run(runs: list[tuple[str, int]]) -> list[dict]:
@@ -69,23 +56,16 @@ def run(runs: list[tuple[str, int]]) -> list[dict]:
 
 
 def write(rows: list[dict]) -> None:
-    env = {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+    env = environment(torch=torch.__version__, threads=str(torch.get_num_threads()))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"environment": env, "runs": rows}, indent=2))
     lines = [
-        BEGIN,
         "## Base-model training (issue 2)",
         "",
-        f"Fashion-MNIST (55,000 train / 5,000 val / 10,000 test, padded to 32x32), SGD + Nesterov, lr 0.1 with 100 "
-        f"warm-up steps and cosine decay, batch 128, weight decay 5e-4, random crop + flip, seed 0. "
+        "Fashion-MNIST (55,000 train / 5,000 val / 10,000 test, padded to 32x32), SGD + Nesterov, lr 0.1 with 100 "
+        "warm-up steps and cosine decay, batch 128, weight decay 5e-4, random crop + flip, seed 0, channels_last. "
         f"{env['cpu']}, {env['cores']} cores, torch {env['torch']} with {env['threads']} threads, {env['date']}. "
-        f"Raw data: `bench/results/workloads.json`. Reproduce: `make bench-workloads`.",
+        "Raw data: `bench/results/workloads.json`. Reproduce: `make bench-workloads`.",
         "",
         "| model | params | epochs | test acc | val acc | s / epoch (train) | wall (incl. eval) |",
         "|---|---|---|---|---|---|---|",
@@ -95,17 +75,8 @@ def write(rows: list[dict]) -> None:
             f"| {r['model']} | {r['parameters']:,} | {r['epochs']} | {100 * r['test_acc']:.2f}% | {100 * r['val_acc']:.2f}% | "
             f"{r['seconds_per_epoch']:.0f} | {r['wall_seconds']:.0f} s |"
         )
-    lines += ["", "Target (issue 2): ResNet-20 >= 91% test accuracy within 5 epochs.", END]
-    text = (
-        README.read_text()
-        if README.exists()
-        else "# Benchmarks\n\nMeasured on this machine; each section is written by its script.\n"
-    )
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + "\n".join(lines) + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    README.write_text(text)
+    lines += ["", "Target (issue 2): ResNet-20 >= 91% test accuracy within 5 epochs."]
+    write_section("workloads", lines)
 
 
 def main(argv: list[str] | None = None) -> None:

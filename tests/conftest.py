@@ -30,7 +30,14 @@ def fmnist():
     """Fashion-MNIST from the real system install (make setup installs Debian's dataset-fashion-mnist)."""
     from workloads.datasets import load_dataset
 
-    assert FMNIST_SYSTEM_DIR.is_dir(), (
-        "Fashion-MNIST system install missing: apt-get install dataset-fashion-mnist (make setup does)"
-    )
+    assert FMNIST_SYSTEM_DIR.is_dir(), "Fashion-MNIST system install missing: apt-get install dataset-fashion-mnist (make setup does)"
     return load_dataset("fashion-mnist", val_size=5000, seed=0, allow_download=False)
+
+
+@pytest.fixture(scope="session")
+def trained_resnet20(fmnist):
+    """ResNet-20 trained briefly on Fashion-MNIST (1 epoch on 16,384 images, ~40 s), stored in the test GALEN_HOME."""
+    from workloads.base import obtain_base_model
+    from workloads.training import Recipe
+
+    return obtain_base_model("resnet20", "fashion-mnist", Recipe(epochs=1, train_limit=16384), 0, data=fmnist, progress=False)

@@ -55,9 +55,7 @@ def test_train_command_trains_then_reuses(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_train_main_returns_summary(tmp_path: Path) -> None:
-    summary = main(
-        TrainConfig(epochs=1, train_limit=256, batch_size=64, val_size=500, store=str(tmp_path), progress=False, threads=2)
-    )
+    summary = main(TrainConfig(epochs=1, train_limit=256, batch_size=64, val_size=500, store=str(tmp_path), progress=False, threads=2))
     assert summary["reused"] is False and 0.1 < summary["test_acc"] <= 1
     assert summary["data_source"] == "system install /usr/share/datasets/fashion-mnist"
 
@@ -73,7 +71,4 @@ def test_bad_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
 def test_bad_dataset_choice_is_rejected_by_the_parser() -> None:
     result = subprocess.run([GALEN, "train", "--dataset", "svhn"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert (
-        "argument --dataset: invalid choice: 'svhn' (choose from 'fashion-mnist', 'mnist', 'cifar10', 'imagefolder')"
-        in result.stderr
-    )
+    assert "argument --dataset: invalid choice: 'svhn' (choose from 'fashion-mnist', 'mnist', 'cifar10', 'imagefolder')" in result.stderr

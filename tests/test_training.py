@@ -96,9 +96,7 @@ def test_tampered_checkpoint_is_refused_not_retrained(trained, data, tmp_path: P
 
 def test_mismatched_checkpoint_is_refused(trained, data, tmp_path: Path) -> None:
     _, base = trained
-    with pytest.raises(
-        CheckpointError, match=r"does not fit model CifarResNet: Error\(s\) in loading state_dict for CifarResNet"
-    ):
+    with pytest.raises(CheckpointError, match=r"does not fit model CifarResNet: Error\(s\) in loading state_dict for CifarResNet"):
         load_into(base.path, build_model("resnet32", 1, 10))
     with pytest.raises(
         CheckpointError,

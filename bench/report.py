@@ -1,0 +1,37 @@
+"""Shared by the benchmark scripts: the machine description and writing one section of bench/README.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+README = Path(__file__).parent / "README.md"
+HEADER = "# Benchmarks\n\nMeasured on this machine; each section is written by its script (`make bench-<name>`).\n"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment(**versions: str) -> dict[str, object]:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), **versions, "date": time.strftime("%Y-%m-%d")}
+
+
+def write_section(name: str, lines: list[str]) -> None:
+    """Replace (or append) the section between ``<!-- name:begin -->`` and ``<!-- name:end -->``."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = "\n".join([begin, *lines, end])
+    text = README.read_text() if README.exists() else HEADER
+    if begin in text:
+        text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    README.write_text(text)
