@@ -90,8 +90,17 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17) 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example_input[:1],), buffer, dynamo=False, opset_version=opset, do_constant_folding=True,
-                              input_names=[INPUT], output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (example_input[:1],),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                do_constant_folding=True,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+            )
     finally:
         model.train(was_training)
     data = _preprocess(buffer.getvalue())
@@ -116,8 +125,12 @@ def _preprocess(data: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def session(data: bytes, threads: int = 1, optimized_path: str | None = None,
-            level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL) -> ort.InferenceSession:
+def session(
+    data: bytes,
+    threads: int = 1,
+    optimized_path: str | None = None,
+    level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+) -> ort.InferenceSession:
     """An ONNX Runtime CPU session with pinned threads and the optimiser setting described above."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -156,25 +169,40 @@ def build_artifact(exported: OnnxModel, policy: CompressionPolicy, calibration: 
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(exported.data)
-            quantize_static(str(src), str(dst), _ArrayReader(calibration.astype(np.float32), batch_size),
-                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded)
+            quantize_static(
+                str(src),
+                str(dst),
+                _ArrayReader(calibration.astype(np.float32), batch_size),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=excluded,
+            )
             data = dst.read_bytes()
-    runs = runtime_precisions(data, exported.layer_nodes)
+    return Artifact(data, verify_artifact(data, exported.layer_nodes, policy), exported.input_shape)
+
+
+def verify_artifact(data: bytes, layer_nodes: dict[str, str], policy: CompressionPolicy) -> tuple[LayerRuntime, ...]:
+    """Per-layer report of what ``data`` runs; raises PrecisionMismatchError where it differs from ``policy``."""
+    runs = runtime_precisions(data, layer_nodes)
     layers = []
-    for name, node in exported.layer_nodes.items():
+    for name, node in layer_nodes.items():
         precision = policy.precision_of(name)
-        expected = "int8" if name in int8_layers else "fp32"
+        expected = "int8" if _runs_int8(precision) else "fp32"
         if runs[name] != expected:
-            raise PrecisionMismatchError(f"layer {name!r} (ONNX node {node!r}): the policy asks {_bits_label(precision)} "
-                                         f"so it should run {expected}, but the optimised graph runs it in {runs[name]}")
+            raise PrecisionMismatchError(
+                f"layer {name!r} (ONNX node {node!r}): the policy asks {_bits_label(precision)} "
+                f"so it should run {expected}, but the optimised graph runs it in {runs[name]}"
+            )
         note = ""
         if expected == "int8" and (precision.weight_bits < 8 or precision.activation_bits < 8):
             note = f"{_bits_label(precision)} is simulated for accuracy and size; CPU kernels run it as int8"
         elif expected == "fp32" and precision.quantized:
             note = f"{_bits_label(precision)} quantizes only one side; no int8 kernel for that here, runs fp32"
         layers.append(LayerRuntime(name, node, _bits_label(precision), runs[name], note))
-    return Artifact(data, tuple(layers), exported.input_shape)
+    return tuple(layers)
 
 
 def runtime_precisions(data: bytes, layer_nodes: dict[str, str]) -> dict[str, str]:

@@ -64,9 +64,25 @@ def distillation_loss(teacher: nn.Module, temperature: float = 4.0, alpha: float
     return loss
 
 
-def finetune(model: nn.Module, data: DataSplits, *, epochs: int = 1, lr: float = 0.01, batch_size: int = 128,
-             steps: int | None = None, teacher: nn.Module | None = None, seed: int = 0, progress: bool = True) -> TrainResult:
+def finetune(
+    model: nn.Module,
+    data: DataSplits,
+    *,
+    epochs: int = 1,
+    lr: float = 0.01,
+    batch_size: int = 128,
+    steps: int | None = None,
+    teacher: nn.Module | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
     """Fine-tune ``model`` in place: ``epochs`` with a cosine schedule, or only ``steps`` batches (short recovery)."""
-    recipe = Recipe(epochs=1 if steps else epochs, batch_size=batch_size, lr=lr, warmup_steps=0, val_size=len(data.val),
-                    train_limit=steps * batch_size if steps else None)
+    recipe = Recipe(
+        epochs=1 if steps else epochs,
+        batch_size=batch_size,
+        lr=lr,
+        warmup_steps=0,
+        val_size=len(data.val),
+        train_limit=steps * batch_size if steps else None,
+    )
     return train_model(model, data, recipe, seed, progress=progress, loss_fn=distillation_loss(teacher) if teacher is not None else None)

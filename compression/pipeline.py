@@ -32,8 +32,15 @@ class Compressed:
         return attach_fake_quant(self.model, self.policy, calibration)
 
 
-def compress(model: nn.Module, policy: CompressionPolicy, example_input: torch.Tensor, calibration: torch.Tensor, *,
-             round_to: int = 8, build: bool = True) -> Compressed:
+def compress(
+    model: nn.Module,
+    policy: CompressionPolicy,
+    example_input: torch.Tensor,
+    calibration: torch.Tensor,
+    *,
+    round_to: int = 8,
+    build: bool = True,
+) -> Compressed:
     """Prune a copy of ``model`` per ``policy`` and build its int8/fp32 ONNX artifact (``build=False`` skips it).
 
     ``calibration`` (N, C, H, W), normalised like the model's inputs, calibrates the int8 activation ranges.

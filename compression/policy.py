@@ -57,9 +57,7 @@ class CompressionPolicy:
         return {
             "schema_version": SCHEMA_VERSION,
             "keep": dict(self.keep),
-            "precision": {
-                name: {"weight_bits": p.weight_bits, "activation_bits": p.activation_bits} for name, p in self.precision.items()
-            },
+            "precision": {name: {"weight_bits": p.weight_bits, "activation_bits": p.activation_bits} for name, p in self.precision.items()},
         }
 
     def to_json(self) -> str:
@@ -69,21 +67,16 @@ class CompressionPolicy:
     def from_dict(cls, data: dict[str, Any]) -> CompressionPolicy:
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
-            raise PolicyError(
-                f"policy field 'schema_version' is {version!r}; this version of galen reads schema {SCHEMA_VERSION}"
-            )
+            raise PolicyError(f"policy field 'schema_version' is {version!r}; this version of galen reads schema {SCHEMA_VERSION}")
         unknown = set(data) - {"schema_version", "keep", "precision"}
         if unknown:
             raise PolicyError(f"policy has unknown fields {sorted(unknown)}; allowed: schema_version, keep, precision")
         try:
             keep = {str(k): float(v) for k, v in data.get("keep", {}).items()}
-            precision = {
-                str(k): Precision(int(v["weight_bits"]), int(v["activation_bits"])) for k, v in data.get("precision", {}).items()
-            }
+            precision = {str(k): Precision(int(v["weight_bits"]), int(v["activation_bits"])) for k, v in data.get("precision", {}).items()}
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise PolicyError(
-                f"malformed policy: {error!r}; expected keep: {{group: ratio}}, "
-                f"precision: {{layer: {{weight_bits, activation_bits}}}}"
+                f"malformed policy: {error!r}; expected keep: {{group: ratio}}, precision: {{layer: {{weight_bits, activation_bits}}}}"
             ) from error
         return cls(keep, precision)
 

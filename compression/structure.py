@@ -96,9 +96,7 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[list[tu
     def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
         name = names[module]
         if name in outputs:
-            raise StructureError(
-                f"layer {name!r} runs more than once per forward pass; shared layers cannot be compressed per call"
-            )
+            raise StructureError(f"layer {name!r} runs more than once per forward pass; shared layers cannot be compressed per call")
         calls.append((name, module, output.shape))
         outputs[name] = output
 

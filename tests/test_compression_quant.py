@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from compression.costs import costs
-from compression.export import build_artifact, evaluate_onnx, export_onnx, session
+from compression.export import PrecisionMismatchError, build_artifact, evaluate_onnx, export_onnx, session, verify_artifact
 from compression.finetune import finetune, recalibrate_batch_norm
 from compression.pipeline import compress
 from compression.policy import CompressionPolicy, Precision, uniform_policy
@@ -94,6 +94,18 @@ def test_int8_nodes_exactly_for_quantized_layers(resnet20_structure, tmp_path) -
     assert report[names[2]].note == "w4a8 is simulated for accuracy and size; CPU kernels run it as int8"
     assert report[names[1]].runs == "fp32" and report[names[1]].note == ""
     assert Counter(r.runs for r in artifact.layers) == {"int8": len(quantized), "fp32": len(names) - len(quantized)}
+
+
+def test_artifact_that_differs_from_its_policy_is_an_error(resnet20_structure) -> None:
+    exported = export_onnx(build_model("resnet20", 1, 10), X1)
+    int8 = build_artifact(exported, uniform_policy(resnet20_structure, weight_bits=8), torch.randn(16, 1, 32, 32).numpy())
+    claims_fp32 = CompressionPolicy({}, {n: Precision(8, 8) for n in resnet20_structure.layer_names if n != "layers.0.1.conv1"})
+    with pytest.raises(
+        PrecisionMismatchError,
+        match=r"^layer 'layers.0.1.conv1' \(ONNX node '/layers/layers.0/layers.0.1/conv1/Conv'\): "
+        r"the policy asks fp32 so it should run fp32, but the optimised graph runs it in int8$",
+    ):
+        verify_artifact(int8.data, exported.layer_nodes, claims_fp32)
 
 
 def test_weight_only_quantization_is_reported_as_fp32(resnet20_structure) -> None:
