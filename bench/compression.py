@@ -7,6 +7,10 @@
    in interleaved rounds in one process, and ratios to fp32 are taken per round: absolute times
    drift with machine load, ratios measured this way do not.
 
+3. Accuracy of the torch simulation vs the ONNX Runtime artifact on the 10,000 test images, for
+   int8 everywhere and a mixed policy, on the ``galen demo`` checkpoint (ResNet-20, 2 epochs;
+   trained first if the store lacks it).
+
 Writes ``bench/results/compression.json`` and its section of ``bench/README.md``.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import time
@@ -23,12 +28,14 @@ import numpy as np
 import torch
 
 from bench.report import environment, write_section
-from compression.export import session
+from compression.export import evaluate_onnx, session
 from compression.pipeline import compress
 from compression.policy import FLOAT_BITS, CompressionPolicy, Precision, uniform_policy
 from compression.structure import discover
+from workloads.base import obtain_base_model
 from workloads.datasets import load_dataset
 from workloads.models import build_model
+from workloads.training import Recipe, evaluate
 
 RESULTS = Path(__file__).parent / "results" / "compression.json"
 MODELS = ("resnet20", "resnet56")
@@ -107,7 +114,34 @@ def time_artifacts(name: str, calib: torch.Tensor, rounds: int, runs: int) -> li
     return rows
 
 
-def section(env: dict, policy_rows: list[dict], latency_rows: list[dict]) -> list[str]:
+def accuracy_agreement() -> list[dict]:
+    base = obtain_base_model("resnet20", "fashion-mnist", Recipe(epochs=2), 0)
+    model, data, x = base.model, base.data, base.data.calibration(1)
+    structure, calib, test = discover(model, x), data.calibration(256), data.loader("test", 500)
+    float_acc = evaluate(model, test)[1]
+    policies = {
+        "int8 everywhere": uniform_policy(structure, weight_bits=8),
+        "mixed (every other layer int8)": CompressionPolicy({}, {n: Precision(8, 8) for n in structure.layer_names[1::2]}),
+    }
+    rows = []
+    for label, policy in policies.items():
+        compressed = compress(model, policy, x, calib)
+        sim = compressed.simulate(calib)
+        sim_acc = evaluate(compressed.model, test)[1]
+        sim.remove()
+        rows.append(
+            {
+                "policy": label,
+                "float_acc": float_acc,
+                "simulated_acc": sim_acc,
+                "onnx_acc": evaluate_onnx(compressed.artifact.data, test),
+                "checkpoint": str(base.path),
+            }
+        )
+    return rows
+
+
+def section(env: dict, policy_rows: list[dict], latency_rows: list[dict], agreement: list[dict]) -> list[str]:
     lines = [
         "## Compression engine (issue 3)",
         "",
@@ -140,6 +174,25 @@ def section(env: dict, policy_rows: list[dict], latency_rows: list[dict]) -> lis
             f"{r['artifact_bytes'] / 1024:.0f} KiB | {r['median_ms']:.3f} ms | {r['p10_ms']:.3f}-{r['p90_ms']:.3f} ms | "
             f"{r['ratio_to_fp32']:.2f} ({r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f}) |"
         )
+    lines += [
+        "",
+        "Accuracy on the 10,000 test images, ResNet-20 after 2 epochs (the `galen demo` checkpoint): torch float, torch with "
+        "simulated quantization, and the int8 ONNX artifact run by ONNX Runtime (aim: simulation and artifact within 0.5 points):",
+        "",
+        "| policy | float | simulated | ONNX Runtime | difference |",
+        "|---|---|---|---|---|",
+    ]
+    for r in agreement:
+        lines.append(
+            f"| {r['policy']} | {100 * r['float_acc']:.2f}% | {100 * r['simulated_acc']:.2f}% | {100 * r['onnx_acc']:.2f}% | "
+            f"{100 * abs(r['simulated_acc'] - r['onnx_acc']):.2f} points |"
+        )
+    lines += [
+        "",
+        "Reading: on networks this small, int8 gives about 2x (not the ~4x measured on ResNet-18), and 50% pruning + int8 is "
+        "barely faster than 50% pruning alone for ResNet-20 (10 M MACs): per-operator overhead dominates. Latency does not "
+        "follow MACs or bit widths, which is why the search measures it on the target.",
+    ]
     return lines
 
 
@@ -155,12 +208,18 @@ def main(argv: list[str] | None = None) -> None:
     calib = load_dataset("fashion-mnist").calibration(256)
     policy_rows = [time_policies(name, calib, args.policies, seed=0) for name in MODELS]
     latency_rows = [row for name in MODELS for row in time_artifacts(name, calib, args.rounds, args.runs)]
+    torch.set_num_threads(os.cpu_count() or 1)  # accuracy evaluation is not a latency measurement
+    agreement = accuracy_agreement()
     env = environment(torch=torch.__version__, onnxruntime=onnxruntime.__version__)
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"environment": env, "apply_export_quantize": policy_rows, "latency": latency_rows}, indent=2))
-    write_section("compression", section(env, policy_rows, latency_rows))
-    for line in section(env, policy_rows, latency_rows):
-        print(line)
+    RESULTS.write_text(
+        json.dumps(
+            {"environment": env, "apply_export_quantize": policy_rows, "latency": latency_rows, "accuracy_agreement": agreement}, indent=2
+        )
+    )
+    lines = section(env, policy_rows, latency_rows, agreement)
+    write_section("compression", lines)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ X1 = torch.randn(1, 1, 32, 32)
 
 
 def test_weight_fake_quant_by_hand() -> None:
-    w = torch.tensor([[0.5, -1.0, 0.25], [2.0, 0.1, -0.3]])
-    # 4 bits: integers in [-7, 7]; channel 0 scale 1/7 -> 3.5->4, -7, 1.75->2; channel 1 scale 2/7 -> 7, 0.35->0, -1.05->-1
+    w = torch.tensor([[0.6, -1.0, 0.25], [2.0, 0.1, -0.3]])
+    # 4 bits: integers in [-7, 7]; channel 0 scale 1/7 -> 4.2->4, -7, 1.75->2; channel 1 scale 2/7 -> 7, 0.35->0, -1.05->-1
     expected = torch.tensor([[4 / 7, -1.0, 2 / 7], [2.0, 0.0, -2 / 7]])
     torch.testing.assert_close(fake_quantize_weight(w, 4), expected)
     assert torch.equal(
@@ -145,7 +145,7 @@ def test_artifact_accuracy_agrees_with_simulation(trained_resnet20) -> None:
     calib = data.calibration(256)
     test = data.loader("test", 500)
     float_acc = evaluate(model, test)[1]
-    assert float_acc > 0.8
+    assert float_acc > 0.85
     mixed = CompressionPolicy({}, {n: Precision(8, 8) for n in structure.layer_names[1::2]})
     for policy in (uniform_policy(structure, weight_bits=8), mixed):
         compressed = compress(model, policy, X1, calib)

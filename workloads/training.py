@@ -121,7 +121,8 @@ def train_model(
     model.to(memory_format=torch.channels_last)
     for epoch in range(1, recipe.epochs + 1):
         model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch}/{recipe.epochs}", disable=not progress, leave=False, unit="batch")
+        # disable=None: a bar on a terminal, none in logs (the per-epoch log line reports there)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{recipe.epochs}", disable=None if progress else True, leave=False, unit="batch")
         loss_sum, seen = 0.0, 0
         for x, y in bar:
             for group in optimizer.param_groups:
