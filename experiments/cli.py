@@ -35,7 +35,8 @@ def _list_datasets(args: argparse.Namespace) -> None:
     from workloads.datasets import DATASETS
 
     for spec in DATASETS.values():
-        where = ", ".join(str(d) for d in spec.system_dirs if d.is_dir()) or "not installed on this system"
+        found = [str(d) for d in spec.system_dirs if d.is_dir()]
+        where = ", ".join(found) if found else ("not installed here" if spec.system_dirs else "none (use --data-dir or a download)")
         print(f"{spec.name:<14} {spec.in_channels}x{spec.image_size}x{spec.image_size}  system install: {where}")
 
 
