@@ -1,0 +1,119 @@
+"""Hardware layer without Ray: targets, the measurement protocol on real ONNX Runtime, the SQLite cache."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+import pytest
+import torch
+
+from compression.pipeline import compress
+from compression.policy import CompressionPolicy, uniform_policy
+from compression.structure import discover
+from hardware.cache import CacheKey, LatencyCache
+from hardware.protocol import Measurement, fingerprint, measure
+from hardware.targets import TargetError, get_target, load_targets, parse_target
+from workloads.models import build_model
+
+
+def test_builtin_targets() -> None:
+    targets = load_targets()
+    assert {"local-cpu", "arm-board"} <= set(targets)
+    local = targets["local-cpu"]
+    assert (local.local, local.runtime, local.threads, local.batch_size) == (True, "onnxruntime", 1, 1)
+    assert targets["arm-board"].label_selector == {"hardware": "arm-board"} and targets["arm-board"].resource == "arm-board"
+
+
+def test_unknown_target_lists_known_ones() -> None:
+    with pytest.raises(TargetError, match=r"^unknown hardware target 'tpu-v9'; known targets: arm-board, local-cpu$"):
+        get_target("tpu-v9")
+
+
+def test_user_target_directory(tmp_path: Path) -> None:
+    (tmp_path / "jetson.yaml").write_text("name: jetson\nthreads: 6\nmeasurement: {rounds: 3}\n")
+    target = get_target("jetson", tmp_path)
+    assert (target.threads, target.measurement.rounds, target.measurement.runs_per_round) == (6, 3, 50)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"name": "x", "runtime": "tensorrt"}, r"target 'x': field 'runtime' is 'tensorrt'; allowed: onnxruntime"),
+        ({"name": "x", "threads": 0}, r"target 'x': field 'threads' is 0; allowed: an integer >= 1"),
+        ({"name": "x", "cores": 4}, r"target 'x': unknown field 'cores'; allowed fields: activation_bits, batch_size, description, "),
+        ({"name": "x", "measurement": {"round": 3}}, r"target 'x': unknown field 'measurement.round'; allowed: max_remeasures, "),
+        (
+            {"name": "x", "measurement": {"max_round_spread": 2}},
+            r"field 'measurement.max_round_spread' is 2; allowed: a number in \(0, 1\)",
+        ),
+        ({"name": "x", "weight_bits": [1]}, r"field 'weight_bits' is \[1\]; allowed: a list of 2..8, 16, 32"),
+        ({"threads": 2}, r"<dict>: a target needs at least a 'name' field"),
+    ],
+)
+def test_bad_targets_are_rejected(data: dict, message: str) -> None:
+    with pytest.raises(TargetError, match=message):
+        parse_target(data)
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> dict[str, bytes]:
+    model, x = build_model("resnet20", 1, 10).eval(), torch.randn(1, 1, 32, 32)
+    calib, structure = torch.randn(32, 1, 32, 32), discover(model, x)
+    return {
+        "reference": compress(model, CompressionPolicy(), x, calib).artifact.data,
+        "half": compress(model, uniform_policy(structure, keep=0.5), x, calib).artifact.data,
+    }
+
+
+def test_pruned_model_measures_faster_as_a_ratio(artifacts) -> None:
+    target = get_target("local-cpu")
+    result = measure(artifacts["half"], target, artifacts["reference"])
+    assert result.ratio < 0.75, result  # 25% of the MACs; measured ratio about 0.5 here
+    same = measure(artifacts["reference"], target, artifacts["reference"])
+    assert 0.9 < same.ratio < 1.1
+    assert (
+        result.reference.samples
+        == result.candidate.samples
+        == target.measurement.rounds * target.measurement.runs_per_round * result.attempts
+    )
+    assert result.candidate.p10_ms <= result.candidate.median_ms <= result.candidate.p90_ms
+    assert result.runtime == "onnxruntime" and result.cpu and result.machine
+    assert Measurement.from_dict(result.to_dict()) == result
+
+
+def test_cache_hits_survive_a_restart(tmp_path: Path, artifacts) -> None:
+    key = CacheKey("local-cpu", "onnxruntime==1.31.1", fingerprint(artifacts["half"]))
+    cache = LatencyCache(tmp_path / "latency.sqlite")
+    assert cache.get(key) is None
+    cache.put(key, {"ratio": 0.5})
+    assert cache.get(key) == {"ratio": 0.5}
+    assert cache.stats() == {"hits": 1, "misses": 1, "entries": 1}
+    cache.close()
+    reopened = LatencyCache(tmp_path / "latency.sqlite")
+    assert reopened.get(key) == {"ratio": 0.5} and reopened.stats()["hits"] == 1
+    assert sqlite3.connect(tmp_path / "latency.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _writer(path: str, worker: int, count: int) -> None:
+    cache = LatencyCache(path)
+    for i in range(count):
+        cache.put(CacheKey("t", "rt", f"{worker}-{i}"), {"worker": worker, "i": i, "payload": "x" * 500})
+    cache.close()
+
+
+def test_two_processes_writing_leave_the_cache_consistent(tmp_path: Path) -> None:
+    path = str(tmp_path / "latency.sqlite")
+    LatencyCache(path).close()
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_writer, args=(path, w, 300)) for w in range(2)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(120)
+    assert [p.exitcode for p in workers] == [0, 0]
+    cache = LatencyCache(path)
+    assert len(cache) == 600
+    assert cache.get(CacheKey("t", "rt", "1-299")) == {"worker": 1, "i": 299, "payload": "x" * 500}
+    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
