@@ -1,0 +1,102 @@
+"""Latency actors on a real local Ray cluster: placement by label, concurrency, crash recovery, bounded waits.
+
+The cluster has its own temp dir and is shut down by the fixture; no test runs `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from compression.pipeline import compress
+from compression.policy import CompressionPolicy
+from hardware.actors import LatencyClient, TargetUnavailableError
+from hardware.targets import parse_target
+from workloads.models import build_model
+
+FAST = {"warmup": 2, "rounds": 3, "runs_per_round": 10}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    tmp = tempfile.mkdtemp(prefix="galen-ray-")
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
+    os.environ["RAY_TMPDIR"] = tmp  # Ray writes its "current cluster" pointer here, not in /tmp/ray
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp})
+    nodes = {
+        "dev-a": cluster.add_node(num_cpus=1, labels={"hardware": "dev-a"}, resources={"dev-a": 1}),
+        "dev-b": cluster.add_node(num_cpus=1, labels={"hardware": "dev-b"}, resources={"dev-b": 1}),
+    }
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def reference() -> bytes:
+    model, x = build_model("resnet20", 1, 10).eval(), torch.randn(1, 1, 32, 32)
+    return compress(model, CompressionPolicy(), x, torch.randn(8, 1, 32, 32)).artifact.data
+
+
+def test_each_target_runs_on_its_labelled_node_and_both_measure_concurrently(cluster, reference) -> None:
+    import ray
+
+    _, nodes = cluster
+    clients = {name: LatencyClient(parse_target({"name": name, "measurement": FAST})) for name in nodes}
+    for name, client in clients.items():
+        assert len(client.actors) == 1
+        assert ray.get(client.actors[0].node_id.remote()) == nodes[name].node_id
+    with ThreadPoolExecutor(2) as pool:
+        futures = {name: pool.submit(client.measure, reference, reference) for name, client in clients.items()}
+        results = {name: future.result(timeout=120) for name, future in futures.items()}
+    for name, result in results.items():
+        assert result.target == name and 0.8 < result.ratio < 1.25
+
+
+def test_actor_killed_mid_measurement_is_retried(cluster, reference) -> None:
+    import ray
+
+    slow = parse_target({"name": "dev-a", "measurement": {"warmup": 2, "rounds": 4, "runs_per_round": 400}})
+    client = LatencyClient(slow)
+    actor = client.actors[0]
+    pid_before = ray.get(actor.pid.remote())
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.setdefault("m", client.measure(reference, reference)))
+    thread.start()
+    time.sleep(1.0)  # the measurement takes several seconds; kill it in flight
+    ray.kill(actor, no_restart=False)
+    thread.join(180)
+    assert not thread.is_alive()
+    measurement = result["m"]
+    assert measurement.candidate.samples == 4 * 400 * measurement.attempts  # a whole measurement, not a partial one
+    assert ray.get(actor.pid.remote()) != pid_before  # it ran again on the restarted actor
+
+
+def test_target_no_node_serves_fails_after_a_bounded_wait(cluster) -> None:
+    start = time.monotonic()
+    with pytest.raises(
+        TargetUnavailableError,
+        match=r"^no node serves hardware target 'dev-c' \(waited 2 s\); join one with: ray start --address=<head> "
+        r"--labels=hardware=dev-c --resources='\{\"dev-c\": 1\}'$",
+    ):
+        LatencyClient(parse_target({"name": "dev-c"}), wait_s=2)
+    assert time.monotonic() - start < 10
