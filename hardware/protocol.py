@@ -6,7 +6,8 @@ interleaved rounds in one process separated a 5% difference cleanly in every run
 times the candidate and the reference (the uncompressed model) back to back, alternating which
 goes first, and the reported ratio is the median of the per-round ratios. When the per-round
 values spread more than ``max_round_spread``, the whole measurement is repeated (up to
-``max_remeasures`` times) and the result says whether it ended stable.
+``max_remeasures`` times); an unstable attempt is discarded, so the statistics are those of the
+final attempt, and the result says how many attempts it took and whether it ended stable.
 """
 
 from __future__ import annotations
