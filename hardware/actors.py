@@ -10,6 +10,7 @@ node's actor when one keeps failing.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from dataclasses import asdict
 
@@ -31,14 +32,12 @@ class LatencyActor:
     """Times ONNX artifacts on the node it is pinned to."""
 
     def __init__(self, target: dict) -> None:
-        self.target = parse_target({**target, "measurement": target["measurement"]})
+        self.target = parse_target(target)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
     def pid(self) -> int:
-        import os
-
         return os.getpid()
 
     def measure(self, candidate: bytes, reference: bytes | None = None) -> dict:

