@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
 import time
 from pathlib import Path
 
+from hardware.protocol import cpu_model
+
 README = Path(__file__).parent / "README.md"
 HEADER = "# Benchmarks\n\nMeasured on this machine; each section is written by its script (`make bench-<name>`).\n"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def environment(**versions: str) -> dict[str, object]:
