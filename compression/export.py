@@ -81,9 +81,12 @@ class Artifact:
         return [asdict(layer) for layer in self.layers]
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17) -> OnnxModel:
-    """Export ``model`` (eval mode, batch norm folded) with a dynamic batch axis."""
-    calls, _ = trace_layers(model, example_input)
+def export_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17, layer_names: list[str] | None = None) -> OnnxModel:
+    """Export ``model`` (eval mode, batch norm folded) with a dynamic batch axis.
+
+    ``layer_names``: the compressible layers in execution order (``ModelStructure.layer_names``), when known; else traced.
+    """
+    layer_names = layer_names or [name for name, _, _ in trace_layers(model, example_input)[0]]
     was_training = model.training
     model.eval()
     buffer = io.BytesIO()
@@ -106,9 +109,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17) 
     data = _preprocess(buffer.getvalue())
     graph = onnx.load_from_string(data).graph
     nodes = [node.name for node in graph.node if node.op_type in LAYER_OPS]
-    if len(nodes) != len(calls):
-        raise RuntimeError(f"ONNX graph has {len(nodes)} Conv/Gemm/MatMul nodes for {len(calls)} torch layers; cannot map layers")
-    return OnnxModel(data, {name: node for (name, _, _), node in zip(calls, nodes, strict=True)}, tuple(example_input[:1].shape))
+    if len(nodes) != len(layer_names):
+        raise RuntimeError(f"ONNX graph has {len(nodes)} Conv/Gemm/MatMul nodes for {len(layer_names)} torch layers; cannot map layers")
+    return OnnxModel(data, dict(zip(layer_names, nodes, strict=True)), tuple(example_input[:1].shape))
 
 
 def _preprocess(data: bytes) -> bytes:

@@ -40,22 +40,28 @@ def compress(
     *,
     round_to: int = 8,
     build: bool = True,
+    structure: ModelStructure | None = None,
 ) -> Compressed:
     """Prune a copy of ``model`` per ``policy`` and build its int8/fp32 ONNX artifact (``build=False`` skips it).
 
     ``calibration`` (N, C, H, W), normalised like the model's inputs, calibrates the int8 activation ranges.
+    ``structure`` is ``discover(model, example_input)``; a caller compressing the same model many times (a
+    search) passes it once instead of re-tracing every call.
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    pruned = prune(model, example_input, policy, round_to).eval()
-    structure = discover(pruned, example_input)
+    base = structure or discover(model, example_input)
+    policy.validate(base)
+    pruned = prune(model, example_input, policy, round_to, structure=base).eval()
+    pruned_structure = discover(pruned, example_input) if any(r < 1.0 for r in policy.keep.values()) else base
     seconds["prune"] = time.perf_counter() - start
     artifact = None
     if build:
         start = time.perf_counter()
-        exported = export_onnx(pruned, example_input)
+        exported = export_onnx(pruned, example_input, layer_names=pruned_structure.layer_names)
         seconds["export"] = time.perf_counter() - start
         start = time.perf_counter()
         artifact = build_artifact(exported, policy, calibration.numpy())
         seconds["quantize"] = time.perf_counter() - start
-    return Compressed(pruned, structure, policy, artifact, costs(structure, policy, artifact.size_bytes if artifact else None), seconds)
+    size = artifact.size_bytes if artifact else None
+    return Compressed(pruned, pruned_structure, policy, artifact, costs(pruned_structure, policy, size), seconds)

@@ -16,7 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from compression.policy import CompressionPolicy
-from compression.structure import compressible_layers, dependency_graph, discover, pruning_groups
+from compression.structure import ModelStructure, compressible_layers, dependency_graph, discover, pruning_groups
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int = 8) -> int:
@@ -31,12 +31,17 @@ def kept_channels(channels: int, keep_ratio: float, round_to: int = 8) -> int:
     return min(channels, max(step, kept))
 
 
-def prune(model: nn.Module, example_input: torch.Tensor, policy: CompressionPolicy, round_to: int = 8) -> nn.Module:
-    """Return a pruned copy of ``model`` following ``policy.keep``; ``model`` itself is untouched."""
-    if not policy.keep or all(ratio >= 1.0 for ratio in policy.keep.values()):
-        return copy.deepcopy(model)
-    structure = discover(model, example_input)
+def prune(
+    model: nn.Module, example_input: torch.Tensor, policy: CompressionPolicy, round_to: int = 8, structure: ModelStructure | None = None
+) -> nn.Module:
+    """Return a pruned copy of ``model`` following ``policy.keep``; ``model`` itself is untouched.
+
+    ``structure`` is ``discover(model, example_input)``; pass it when pruning the same model repeatedly.
+    """
+    structure = structure or discover(model, example_input)
     policy.validate(structure)
+    if all(ratio >= 1.0 for ratio in policy.keep.values()):
+        return copy.deepcopy(model)
     pruned = copy.deepcopy(model).eval()
     names = compressible_layers(pruned)
     by_name = {name: module for module, name in names.items()}
@@ -44,7 +49,7 @@ def prune(model: nn.Module, example_input: torch.Tensor, policy: CompressionPoli
     ignored = [by_name[name] for name in structure.output_layers]
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     roots = {by_name[group.name]: group for group in structure.groups}
-    for root, group in pruning_groups(pruned, graph, ignored):
+    for root, group in pruning_groups(graph, ignored):
         # Torch-Pruning roots a group at any member; map it back to our group by membership.
         info = roots.get(root) or next(g for m, g in roots.items() if names[root] in g.members)
         channels = len(group[0].idxs)

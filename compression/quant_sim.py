@@ -69,17 +69,20 @@ class ActivationFakeQuant(nn.Module):
     def __init__(self, bits: int) -> None:
         super().__init__()
         self.bits = bits
-        self.calibrating = True
+        self.qparams: tuple[float, int] | None = None  # (scale, zero point) once calibrated; None while observing
         self.register_buffer("lo", torch.tensor(float("inf")))
         self.register_buffer("hi", torch.tensor(float("-inf")))
 
+    def freeze(self) -> None:
+        """End calibration: fix the grid from the observed range (computed once, not per forward pass)."""
+        self.qparams = activation_qparams(self.lo.item(), self.hi.item(), self.bits)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.calibrating:
+        if self.qparams is None:
             self.lo = torch.minimum(self.lo, x.detach().min())
             self.hi = torch.maximum(self.hi, x.detach().max())
             return x
-        scale, zero_point = activation_qparams(self.lo.item(), self.hi.item(), self.bits)
-        return fake_quantize_activation(x, scale, zero_point, self.bits)
+        return fake_quantize_activation(x, *self.qparams, self.bits)
 
 
 @dataclass
@@ -124,5 +127,5 @@ def attach_fake_quant(
                 model(calibration[start : start + batch_size])
         model.train(was_training)
         for quantizer in sim.activation_quantizers.values():
-            quantizer.calibrating = False
+            quantizer.freeze()
     return sim

@@ -149,12 +149,9 @@ def dependency_graph(model: nn.Module, example_input: torch.Tensor) -> tp.Depend
     return tp.DependencyGraph().build_dependency(model, example_inputs=example_input[:1])
 
 
-def pruning_groups(model: nn.Module, graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[tuple[nn.Module, tp.Group]]:
+def pruning_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[tuple[nn.Module, tp.Group]]:
     """Torch-Pruning's groups rooted at compressible layers, as (root module, full-channel group)."""
-    result = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=COMPRESSIBLE):
-        result.append((group[0].dep.target.module, group))
-    return result
+    return [(group[0].dep.target.module, group) for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=COMPRESSIBLE)]
 
 
 def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
@@ -165,7 +162,7 @@ def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
     graph = dependency_graph(model, example_input)
     ignored = [module for module, name in names.items() if name in outputs]
     groups = []
-    for _, group in pruning_groups(model, graph, ignored):
+    for _, group in pruning_groups(graph, ignored):
         members, consumers = set(), set()
         for dep, _ in group:
             target = dep.target.module

@@ -14,7 +14,7 @@ from compression.costs import costs
 from compression.export import PrecisionMismatchError, build_artifact, evaluate_onnx, export_onnx, session, verify_artifact
 from compression.finetune import finetune, recalibrate_batch_norm
 from compression.pipeline import compress
-from compression.policy import CompressionPolicy, Precision, uniform_policy
+from compression.policy import CompressionPolicy, PolicyError, Precision, uniform_policy
 from compression.quant_sim import activation_qparams, attach_fake_quant, fake_quantize_activation, fake_quantize_weight
 from compression.structure import discover
 from workloads.models import build_model
@@ -137,6 +137,13 @@ def test_pipeline_costs_drop_with_compression(resnet20_structure) -> None:
     assert small.costs.bops < 0.3 * base.costs.bops / 16
     assert small.artifact.size_bytes < 0.25 * base.artifact.size_bytes
     assert set(small.seconds) == {"prune", "export", "quantize"}
+
+
+def test_compress_validates_precision_even_without_pruning(resnet20_structure) -> None:
+    # without pruning nothing else looks at the layer names: a misspelled one must not be ignored silently
+    policy = CompressionPolicy({}, {"layers.0.0.conv9": Precision(8, 8)})
+    with pytest.raises(PolicyError, match=r"^unknown layer 'layers.0.0.conv9' in field 'precision'; layers: conv1, "):
+        compress(build_model("resnet20", 1, 10), policy, X1, torch.randn(8, 1, 32, 32), structure=resnet20_structure)
 
 
 def test_artifact_accuracy_agrees_with_simulation(trained_resnet20) -> None:
