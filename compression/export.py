@@ -86,7 +86,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, opset: int = 17, 
 
     ``layer_names``: the compressible layers in execution order (``ModelStructure.layer_names``), when known; else traced.
     """
-    layer_names = layer_names or [name for name, _, _ in trace_layers(model, example_input)[0]]
+    layer_names = layer_names or [name for name, *_ in trace_layers(model, example_input)[0]]
     was_training = model.training
     model.eval()
     buffer = io.BytesIO()
@@ -158,14 +158,9 @@ def _bits_label(precision: Precision) -> str:
     return "fp32" if not precision.quantized else f"w{precision.weight_bits}a{precision.activation_bits}"
 
 
-def _runs_int8(precision: Precision) -> bool:
-    """Layers with both weights and activations quantized run on int8 kernels; the rest run in float."""
-    return precision.weight_bits <= 8 and precision.activation_bits <= 8
-
-
 def build_artifact(exported: OnnxModel, policy: CompressionPolicy, calibration: np.ndarray, batch_size: int = 64) -> Artifact:
     """Quantize the layers the policy quantizes (int8 QDQ), leave the rest in fp32, and verify what runs."""
-    int8_layers = [name for name in exported.layer_nodes if _runs_int8(policy.precision_of(name))]
+    int8_layers = [name for name in exported.layer_nodes if policy.precision_of(name).runs_int8]
     data = exported.data
     if int8_layers:
         excluded = [node for name, node in exported.layer_nodes.items() if name not in int8_layers]
@@ -193,7 +188,7 @@ def verify_artifact(data: bytes, layer_nodes: dict[str, str], policy: Compressio
     layers = []
     for name, node in layer_nodes.items():
         precision = policy.precision_of(name)
-        expected = "int8" if _runs_int8(precision) else "fp32"
+        expected = "int8" if precision.runs_int8 else "fp32"
         if runs[name] != expected:
             raise PrecisionMismatchError(
                 f"layer {name!r} (ONNX node {node!r}): the policy asks {_bits_label(precision)} "

@@ -35,6 +35,11 @@ class Precision:
     def quantized(self) -> bool:
         return self.weight_bits < FLOAT_BITS or self.activation_bits < FLOAT_BITS
 
+    @property
+    def runs_int8(self) -> bool:
+        """Both weights and activations quantized: int8 kernels on CPUs; otherwise the layer runs in float."""
+        return self.weight_bits <= 8 and self.activation_bits <= 8
+
 
 @dataclass(frozen=True)
 class CompressionPolicy:

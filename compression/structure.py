@@ -38,6 +38,7 @@ class LayerInfo:
     output_hw: tuple[int, int]  # spatial size of the output ((1, 1) for linear layers)
     macs: int  # multiply-accumulates per image
     params: int  # weights + bias
+    input_hw: tuple[int, int] = (1, 1)  # spatial size of the input ((1, 1) for linear layers)
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,18 @@ def compressible_layers(model: nn.Module) -> dict[nn.Module, str]:
     return {module: name for name, module in model.named_modules() if isinstance(module, COMPRESSIBLE)}
 
 
-def trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[list[tuple[str, nn.Module, torch.Size]], list[str]]:
-    """One batch-1 forward pass: (name, module, output shape) per compressible layer in execution order, and the
+def trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[list[tuple[str, nn.Module, torch.Size, torch.Size]], list[str]]:
+    """One batch-1 forward pass: (name, module, output shape, input shape) per compressible layer in execution order, and the
     output layers (those whose output tensor is the model's output; else the last layer executed)."""
     names = compressible_layers(model)
-    calls: list[tuple[str, nn.Module, torch.Size]] = []
+    calls: list[tuple[str, nn.Module, torch.Size, torch.Size]] = []
     outputs: dict[str, torch.Tensor] = {}
 
-    def hook(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+    def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
         name = names[module]
         if name in outputs:
             raise StructureError(f"layer {name!r} runs more than once per forward pass; shared layers cannot be compressed per call")
-        calls.append((name, module, output.shape))
+        calls.append((name, module, output.shape, inputs[0].shape))
         outputs[name] = output
 
     handles = [module.register_forward_hook(hook) for module in names]
@@ -115,7 +116,7 @@ def trace_layers(model: nn.Module, example_input: torch.Tensor) -> tuple[list[tu
     return calls, [name for name, out in outputs.items() if out is result] or [calls[-1][0]]
 
 
-def _layer_info(name: str, module: nn.Module, out_shape: torch.Size) -> LayerInfo:
+def _layer_info(name: str, module: nn.Module, out_shape: torch.Size, in_shape: torch.Size) -> LayerInfo:
     params = sum(p.numel() for p in module.parameters(recurse=False))
     if isinstance(module, nn.Linear):
         return LayerInfo(
@@ -140,8 +141,9 @@ def _layer_info(name: str, module: nn.Module, out_shape: torch.Size) -> LayerInf
     else:
         kind = "grouped"
     macs = h * w * module.out_channels * (module.in_channels // module.groups) * kh * kw
+    in_hw = (int(in_shape[-2]), int(in_shape[-1]))
     return LayerInfo(
-        name, kind, module.in_channels, module.out_channels, (kh, kw), tuple(module.stride), module.groups, (h, w), macs, params
+        name, kind, module.in_channels, module.out_channels, (kh, kw), tuple(module.stride), module.groups, (h, w), macs, params, in_hw
     )
 
 
@@ -157,7 +159,7 @@ def pruning_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[
 def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
     """List the compressible layers and pruning groups of ``model`` for inputs like ``example_input``."""
     calls, outputs = trace_layers(model, example_input)
-    order = {name: index for index, (name, _, _) in enumerate(calls)}
+    order = {name: index for index, (name, *_) in enumerate(calls)}
     names = compressible_layers(model)
     graph = dependency_graph(model, example_input)
     ignored = [module for module, name in names.items() if name in outputs]
@@ -176,5 +178,5 @@ def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
         consumers_sorted = tuple(sorted(consumers - members, key=order.__getitem__))
         groups.append(PruningGroup(members_sorted[0], len(group[0].idxs), members_sorted, consumers_sorted))
     groups.sort(key=lambda g: order[g.name])
-    layers = tuple(_layer_info(name, module, shape) for name, module, shape in calls)
+    layers = tuple(_layer_info(name, module, out, inp) for name, module, out, inp in calls)
     return ModelStructure(layers, tuple(groups), tuple(outputs), tuple(example_input[:1].shape))

@@ -58,9 +58,7 @@ def _list_checkpoints(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="galen", description="Galen on Ray: hardware-specific automatic compression of neural networks."
-    )
+    parser = argparse.ArgumentParser(prog="galen", description="Galen on Ray: hardware-specific automatic compression of neural networks.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -79,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models", description="List the model registry.")
     p.set_defaults(handler=_list_models)
-    p = sub.add_parser(
-        "datasets", help="list the registered datasets", description="List the dataset registry and system installs."
-    )
+    p = sub.add_parser("datasets", help="list the registered datasets", description="List the dataset registry and system installs.")
     p.set_defaults(handler=_list_datasets)
     p = sub.add_parser("checkpoints", help="list trained base models in the store", description="List the checkpoint store.")
     p.add_argument("--store", default=None, help="checkpoint store directory (default: $GALEN_HOME/checkpoints)")

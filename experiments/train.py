@@ -95,9 +95,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def build_parser(
-    parser: argparse.ArgumentParser | None = None, defaults: dict[str, Any] | None = None
-) -> argparse.ArgumentParser:
+def build_parser(parser: argparse.ArgumentParser | None = None, defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(prog="galen train", description=__doc__)
     add_options(parser, TrainConfig, defaults)
     return parser

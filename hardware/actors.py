@@ -1,38 +1,41 @@
-"""Latency actors on Ray: one per node serving a target, placed by node label, and a client that uses them.
+"""Ray actors of the hardware layer: one latency actor per device node, and the single cache owner.
 
-Each actor is pinned to one node with ``label_selector={"hardware": <target>, "ray.io/node-id": <node>}``.
-A Ray actor runs one method call at a time, so a device never times two artifacts at once. Actors
-restart after a crash (``max_restarts``) and an interrupted call is re-run on the restarted actor
-(``max_task_retries``); the client also bounds every call with a timeout and moves to another
-node's actor when one keeps failing.
+A latency actor is pinned to one node with ``label_selector={"hardware": <target>, "ray.io/node-id":
+<node>}`` and named after both (namespace ``galen``), so every client in the cluster (env runners,
+Tune trials, the driver) shares the one actor of a device node; an actor runs one method call at a
+time, so a device never times two artifacts at once. Actors restart after a crash
+(``max_restarts``) and an interrupted call is re-run on the restarted actor (``max_task_retries``).
+Under Ray a ``local: true`` target (``local-cpu``) is measured by an actor on the head node, where
+the driver and ``ray job submit`` entrypoints run.
+
+The latency cache has one owner: a named actor on the head node holding the SQLite file.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import time
-from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from hardware.protocol import Measurement, measure
+from hardware.cache import CacheKey, LatencyCache, default_cache_path
+from hardware.protocol import device_lock, measure
+from hardware.runtime import get_runtime
 from hardware.targets import LABEL_KEY, HardwareTarget, parse_target
 
+NAMESPACE = "galen"
 NODE_ID_LABEL = "ray.io/node-id"
-
-
-class TargetUnavailableError(RuntimeError):
-    """No node of the cluster serves the target (after a bounded wait), or every actor failed."""
+CACHE_ACTOR_NAME = "galen-latency-cache"
+HEAD_RESOURCE = "node:__internal_head__"
 
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3)
 class LatencyActor:
-    """Times ONNX artifacts on the node it is pinned to."""
+    """Times ONNX artifacts on the node it is pinned to, one at a time."""
 
-    def __init__(self, target: dict) -> None:
-        self.target = parse_target(target)
+    def __init__(self) -> None:
+        self.timings = 0
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -40,41 +43,73 @@ class LatencyActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def measure(self, candidate: bytes, reference: bytes | None = None) -> dict:
-        return measure(candidate, self.target, reference).to_dict()
+    def runtime(self, name: str) -> str:
+        """``<runtime>==<version>`` as installed on this node."""
+        runtime = get_runtime(name)
+        return f"{runtime.name}=={runtime.version}"
+
+    def count(self) -> int:
+        """Timings done by this actor process (since its last restart)."""
+        return self.timings
+
+    def measure(self, candidate: bytes, reference: bytes | None, target: dict[str, Any]) -> dict:
+        self.timings += 1
+        spec = parse_target(target)
+        with device_lock(spec.name):
+            return measure(candidate, spec, reference).to_dict()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)
+class LatencyCacheActor:
+    """The one owner of the SQLite latency cache in a cluster."""
+
+    def __init__(self, path: str) -> None:
+        self.cache = LatencyCache(path)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def path(self) -> str:
+        return str(self.cache.path)
+
+    def get(self, key: tuple[str, str, str]) -> dict | None:
+        return self.cache.get(CacheKey(*key))
+
+    def put(self, key: tuple[str, str, str], result: dict) -> None:
+        self.cache.put(CacheKey(*key), result)
+
+    def stats(self) -> dict[str, int]:
+        return self.cache.stats()
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def head_node_id() -> str:
+    for node in alive_nodes():
+        if HEAD_RESOURCE in node.get("Resources", {}):
+            return node["NodeID"]
+    return ray.get_runtime_context().get_node_id()  # a cluster without the head marker: this process's node
 
 
 def serving_nodes(target: HardwareTarget) -> list[str]:
-    """Ids of the alive nodes labelled ``hardware=<target>``."""
-    return [n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Labels", {}).get(LABEL_KEY) == target.name]
+    """Ids of the alive nodes that serve ``target``: labelled ``hardware=<target>``, or the head node for a local target."""
+    if target.local:
+        return [head_node_id()]
+    return [n["NodeID"] for n in alive_nodes() if n.get("Labels", {}).get(LABEL_KEY) == target.name]
 
 
-class LatencyClient:
-    """Spreads measurements for one target over the actors of every node serving it."""
+def latency_actor(target: HardwareTarget, node_id: str) -> ray.actor.ActorHandle:
+    """The (shared, named) latency actor of ``target`` on ``node_id``, created if it does not exist."""
+    selector = {NODE_ID_LABEL: node_id} if target.local else {LABEL_KEY: target.name, NODE_ID_LABEL: node_id}
+    return LatencyActor.options(
+        name=f"galen-latency:{target.name}:{node_id}", namespace=NAMESPACE, get_if_exists=True, label_selector=selector
+    ).remote()
 
-    def __init__(self, target: HardwareTarget, wait_s: float = 30.0, call_timeout_s: float = 300.0) -> None:
-        self.target, self.call_timeout_s = target, call_timeout_s
-        deadline = time.monotonic() + wait_s
-        nodes = serving_nodes(target)
-        while not nodes and time.monotonic() < deadline:
-            time.sleep(0.5)
-            nodes = serving_nodes(target)
-        if not nodes:
-            raise TargetUnavailableError(
-                f"no node serves hardware target {target.name!r} (waited {wait_s:.0f} s); join one with: ray start "
-                f"--address=<head> --labels={LABEL_KEY}={target.name} --resources='{{\"{target.resource}\": 1}}'"
-            )
-        spec = {**asdict(target), "measurement": asdict(target.measurement)}
-        self.actors = [LatencyActor.options(label_selector={LABEL_KEY: target.name, NODE_ID_LABEL: node}).remote(spec) for node in nodes]
-        self._next = itertools.cycle(range(len(self.actors)))
 
-    def measure(self, candidate: bytes, reference: bytes | None = None) -> Measurement:
-        """Measure on the next actor; on a timeout or a dead actor, try the others once each."""
-        errors = []
-        for _ in range(len(self.actors)):
-            actor = self.actors[next(self._next)]
-            try:
-                return Measurement.from_dict(ray.get(actor.measure.remote(candidate, reference), timeout=self.call_timeout_s))
-            except (GetTimeoutError, RayActorError, RayTaskError) as error:
-                errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
-        raise TargetUnavailableError(f"every latency actor of {self.target.name!r} failed: {'; '.join(errors)}")
+def cache_actor(path: str | Path | None = None) -> ray.actor.ActorHandle:
+    """The cluster's cache owner on the head node, created with ``path`` (default under ``$GALEN_HOME``) if absent."""
+    return LatencyCacheActor.options(
+        name=CACHE_ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, label_selector={NODE_ID_LABEL: head_node_id()}
+    ).remote(str(path or default_cache_path()))

@@ -1,7 +1,7 @@
 """The persistent latency cache: SQLite in WAL mode, keyed by (target, runtime + version, artifact fingerprint).
 
-One process owns it in a Ray cluster (the cache actor, a later step); this class is that owner's
-storage. WAL mode lets readers proceed while one writer commits, ``busy_timeout`` makes a
+One process owns it in a Ray cluster (``hardware.actors.LatencyCacheActor`` on the head node);
+this class is that owner's storage, and the cache of a client running without Ray. WAL mode lets readers proceed while one writer commits, ``busy_timeout`` makes a
 second writer wait instead of failing, and each put is one transaction, so concurrent writers
 (tested with two processes) never leave a partial row. Results survive a restart of the driver.
 """
@@ -9,12 +9,22 @@ second writer wait instead of failing, and each put is one transaction, so concu
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+
+def galen_home() -> Path:
+    """``$GALEN_HOME``, else ``~/.cache/galen`` (as for datasets and checkpoints; a device node has no ``workloads``)."""
+    return Path(os.environ.get("GALEN_HOME", Path.home() / ".cache" / "galen")).expanduser()
+
+
+def default_cache_path() -> Path:
+    return galen_home() / "latency-cache.sqlite"
 
 
 @dataclass(frozen=True)

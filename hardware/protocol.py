@@ -12,16 +12,20 @@ final attempt, and the result says how many attempts it took and whether it ende
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hardware.cache import galen_home
 from hardware.runtime import Prepared, get_runtime
 from hardware.targets import HardwareTarget
 
@@ -58,6 +62,7 @@ class Measurement:
     machine: str
     threads: int
     batch_size: int
+    cached: bool = False  # served from the latency cache (the numbers are those of the original timing)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +76,19 @@ class Measurement:
 def fingerprint(data: bytes) -> str:
     """Content hash of an artifact (the latency cache's key)."""
     return hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def device_lock(target: str) -> Iterator[None]:
+    """Hold the machine-wide exclusive lock of ``target`` (a file lock under ``$GALEN_HOME/locks``) while timing."""
+    directory = galen_home() / "locks"
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / f"{target}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def cpu_model() -> str:

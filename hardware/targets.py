@@ -61,6 +61,16 @@ class HardwareTarget:
         """The custom resource a device node of this target carries (for RLlib/Tune placement)."""
         return self.name
 
+    @property
+    def cache_id(self) -> str:
+        """What makes two measurements comparable: the device kind, threads and batch size."""
+        return f"{self.name}:threads={self.threads}:batch={self.batch_size}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The mapping ``parse_target`` reads (what a latency actor receives)."""
+        data = dataclasses.asdict(self)
+        return {**data, "weight_bits": list(self.weight_bits), "activation_bits": list(self.activation_bits)}
+
 
 def _check(name: str, field_name: str, ok: bool, value: Any, allowed: str) -> None:
     if not ok:

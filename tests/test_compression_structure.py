@@ -70,6 +70,29 @@ def test_every_registry_model_discovers_and_prunes(name: str) -> None:
         assert group.channels % 8 == 0, (group.name, group.channels)
     assert after.layer(structure.layer_names[0]).in_channels == 1  # the input is never pruned
     assert after.layer(structure.output_layers[0]).out_channels == 10  # nor the classes
+    assert structure.layers[0].input_hw == (32, 32)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_planned_structure_equals_the_pruned_model(name: str) -> None:
+    import random
+
+    from compression.costs import costs
+    from compression.plan import layer_specs, planned_costs, planned_structure
+
+    model = build_model(name, 3, 10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    structure = discover(model, x)
+    rng = random.Random(name)
+    for _ in range(2):
+        keep = {g.name: rng.uniform(0.1, 1.0) for g in structure.groups}
+        policy = CompressionPolicy(keep, {n: Precision(8, 8) for n in structure.layer_names[::2]})
+        real = discover(prune(model, x, policy, structure=structure), x)
+        assert planned_structure(structure, policy) == real  # every shape, MACs, parameters and group width
+        assert planned_costs(structure, policy) == costs(real, policy)
+    specs = layer_specs(structure, policy)
+    assert [s["int8"] for s in specs] == [i % 2 == 0 for i in range(len(specs))]
+    assert specs[0]["input_hw"] == [32, 32] and specs[0]["in_channels"] == 3
 
 
 def test_depthwise_groups_in_mobilenetv2() -> None:

@@ -116,3 +116,43 @@ def test_two_processes_writing_leave_the_cache_consistent(tmp_path: Path) -> Non
     assert len(cache) == 600
     assert cache.get(CacheKey("t", "rt", "1-299")) == {"worker": 1, "i": 299, "payload": "x" * 500}
     assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+FAST = {"warmup": 2, "rounds": 3, "runs_per_round": 20}
+
+
+def test_local_client_times_once_then_serves_from_the_cache(tmp_path: Path, artifacts) -> None:
+    from hardware.client import LatencyClient
+
+    target = parse_target({"name": "local-x", "local": True, "measurement": FAST})
+    client = LatencyClient(target, cache=tmp_path / "latency.sqlite")
+    cold = client.measure(artifacts["half"], artifacts["reference"])
+    warm = client.measure(artifacts["half"], artifacts["reference"])
+    assert (cold.cached, warm.cached) == (False, True)
+    assert client.stats() == {"hits": 1, "misses": 1, "timings": 1}
+    assert warm.ratio == cold.ratio
+    alone = client.measure(artifacts["half"])  # another reference (none) is another key
+    assert alone.ratio is None and client.stats()["timings"] == 2
+    # a new process (a restarted driver) finds the result on disk
+    again = LatencyClient(target, cache=tmp_path / "latency.sqlite")
+    assert again.measure(artifacts["half"], artifacts["reference"]).cached and again.stats()["timings"] == 0
+    # another thread count is another measurement
+    other = LatencyClient(
+        parse_target({"name": "local-x", "local": True, "threads": 2, "measurement": FAST}), cache=tmp_path / "latency.sqlite"
+    )
+    assert not other.measure(artifacts["half"], artifacts["reference"]).cached
+
+
+def test_remote_target_without_a_cluster_is_a_clear_error() -> None:
+    import ray
+
+    from hardware.client import LatencyClient, TargetUnavailableError
+
+    assert not ray.is_initialized()
+    with pytest.raises(
+        TargetUnavailableError,
+        match=r"^hardware target 'arm-board' is served by Ray nodes labelled hardware=arm-board; connect to the cluster first "
+        r"\(ray.init\(address=\.\.\.\) or RAY_ADDRESS\); a device joins with: ray start --address=<head> --labels=hardware=arm-board "
+        r"--resources='\{\"arm-board\": 1\}'$",
+    ):
+        LatencyClient(get_target("arm-board"))

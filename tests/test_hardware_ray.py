@@ -16,7 +16,7 @@ import torch
 
 from compression.pipeline import compress
 from compression.policy import CompressionPolicy
-from hardware.actors import LatencyClient, TargetUnavailableError
+from hardware.client import LatencyClient, TargetUnavailableError
 from hardware.targets import parse_target
 from workloads.models import build_model
 
@@ -61,7 +61,7 @@ def test_each_target_runs_on_its_labelled_node_and_both_measure_concurrently(clu
     import ray
 
     _, nodes = cluster
-    clients = {name: LatencyClient(parse_target({"name": name, "measurement": FAST})) for name in nodes}
+    clients = {name: LatencyClient(parse_target({"name": name, "measurement": FAST}), cache=None) for name in nodes}
     for name, client in clients.items():
         assert len(client.actors) == 1
         assert ray.get(client.actors[0].node_id.remote()) == nodes[name].node_id
@@ -78,7 +78,7 @@ def test_actor_killed_mid_measurement_is_retried(cluster, reference) -> None:
     import ray
 
     slow = parse_target({"name": "dev-a", "measurement": {"warmup": 2, "rounds": 4, "runs_per_round": 400}})
-    client = LatencyClient(slow)
+    client = LatencyClient(slow, cache=None)
     actor = client.actors[0]
     pid_before = ray.get(actor.pid.remote())
     result: dict = {}
@@ -102,3 +102,36 @@ def test_target_no_node_serves_fails_after_a_bounded_wait(cluster) -> None:
     ):
         LatencyClient(parse_target({"name": "dev-c"}), wait_s=2)
     assert time.monotonic() - start < 10
+
+
+def test_cache_actor_on_the_head_node_serves_hits_without_a_new_timing(cluster, reference) -> None:
+    import ray
+
+    from hardware.actors import cache_actor, head_node_id
+
+    cluster_, _ = cluster
+    target = parse_target({"name": "dev-b", "measurement": FAST})
+    first = LatencyClient(target)
+    owner = cache_actor()
+    assert ray.get(owner.node_id.remote()) == head_node_id() == cluster_.head_node.node_id
+    before = ray.get(first.actors[0].count.remote())
+    cold = first.measure(reference, reference)
+    assert not cold.cached and first.stats() == {"hits": 0, "misses": 1, "timings": 1}
+    assert ray.get(first.actors[0].count.remote()) == before + 1
+    second = LatencyClient(target)  # another env runner or trial: same cache actor, same device actor
+    warm = second.measure(reference, reference)
+    assert warm.cached and second.stats() == {"hits": 1, "misses": 0, "timings": 0}
+    assert ray.get(first.actors[0].count.remote()) == before + 1  # no new timing on the device
+    assert warm.ratio == cold.ratio and warm.candidate == cold.candidate
+    shared = second.cache_stats()
+    assert shared["hits"] >= 1 and shared["entries"] >= 1
+    assert ray.get(owner.path.remote()).startswith(os.environ["GALEN_HOME"])
+
+
+def test_local_target_under_ray_is_measured_on_the_head_node(cluster, reference) -> None:
+    import ray
+
+    cluster_, _ = cluster
+    client = LatencyClient(parse_target({"name": "local-test", "local": True, "measurement": FAST}), cache=None)
+    assert [ray.get(a.node_id.remote()) for a in client.actors] == [cluster_.head_node.node_id]
+    assert 0.8 < client.measure(reference, reference).ratio < 1.25

@@ -64,9 +64,7 @@ def obtain_base_model(
             f"no checkpoint for {key.dirname} in {store.root}; train it with: galen train --model "
             f"{model_name} --dataset {dataset} --epochs {recipe.epochs} --seed {seed}"
         )
-    result = train_model(
-        model, data, recipe, seed, progress=progress, on_epoch=lambda r: log.info("epoch %d: %s", r["epoch"], _fmt(r))
-    )
+    result = train_model(model, data, recipe, seed, progress=progress, on_epoch=lambda r: log.info("epoch %d: %s", r["epoch"], _fmt(r)))
     test_loss, test_acc = evaluate(model, data.loader("test", 512))
     last = result.history[-1]
     meta = {

@@ -108,9 +108,7 @@ class CheckpointStore:
         """Load the weights for ``key`` into ``model``; returns the metadata. Raises CheckpointError on any doubt."""
         meta = load_into(self.path(key), model)
         if {k: meta.get(k) for k in key.as_dict()} != key.as_dict():
-            raise CheckpointError(
-                f"checkpoint {self.path(key)} was made for {_describe(meta)}, not for {_describe(key.as_dict())}"
-            )
+            raise CheckpointError(f"checkpoint {self.path(key)} was made for {_describe(meta)}, not for {_describe(key.as_dict())}")
         return meta
 
     def entries(self) -> list[dict[str, Any]]:

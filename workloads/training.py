@@ -111,9 +111,7 @@ def train_model(
     if len(loader) == 0:
         raise ValueError(f"training split has fewer images than one batch of {recipe.batch_size}")
     val_loader = data.loader("val", 512) if len(data.val) else None
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=True
-    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     objective = loss_fn or (lambda logits, _x, y: criterion(logits, y))
     total, step, result, start = recipe.epochs * len(loader), 0, TrainResult(), time.perf_counter()

@@ -66,9 +66,7 @@ def read_raw(name: str, data_dir: str | Path | None = None, allow_download: bool
                 return raw, f"downloaded to {places[-1][1]}"
         except OSError as error:
             attempt.reject(f"download from {spec.download.base_urls[0]}", str(error))
-    raise DatasetNotFoundError(
-        f"dataset {name!r} not found or unreadable. Looked at:\n{attempt.report()}\nTo fix: {spec.install_hint}"
-    )
+    raise DatasetNotFoundError(f"dataset {name!r} not found or unreadable. Looked at:\n{attempt.report()}\nTo fix: {spec.install_hint}")
 
 
 def load_dataset(

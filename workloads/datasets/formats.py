@@ -40,9 +40,7 @@ def read_idx(path: Path) -> np.ndarray:
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = header + int(np.prod(shape)) * dtype.itemsize
     if len(shape) != ndim or len(raw) != expected:
-        raise DatasetFormatError(
-            f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file has {len(raw)} bytes"
-        )
+        raise DatasetFormatError(f"{path}: IDX header declares shape {shape} ({expected} bytes) but the file has {len(raw)} bytes")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 

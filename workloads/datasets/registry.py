@@ -56,15 +56,12 @@ def _read_idx_dataset(classes: tuple[str, ...]) -> Callable[[Path], RawDataset]:
         tr_x, tr_y, te_x, te_y = (read_idx(directory / name) for name in _IDX_FILES)
         if len(tr_x) != len(tr_y) or len(te_x) != len(te_y):
             raise DatasetFormatError(
-                f"{directory}: {len(tr_x)} training images but {len(tr_y)} labels, "
-                f"or {len(te_x)} test images but {len(te_y)} labels"
+                f"{directory}: {len(tr_x)} training images but {len(tr_y)} labels, or {len(te_x)} test images but {len(te_y)} labels"
             )
         # 28x28 -> 32x32 with a 2-pixel zero border (the background is 0), as LeNet-5 did, so that
         # every CIFAR-style model (five 2x poolings in VGG) runs unchanged.
         pad = ((0, 0), (0, 0), (2, 2), (2, 2))
-        return RawDataset(
-            np.pad(tr_x[:, None], pad), tr_y.astype(np.int64), np.pad(te_x[:, None], pad), te_y.astype(np.int64), classes
-        )
+        return RawDataset(np.pad(tr_x[:, None], pad), tr_y.astype(np.int64), np.pad(te_x[:, None], pad), te_y.astype(np.int64), classes)
 
     return read
 
@@ -72,9 +69,7 @@ def _read_idx_dataset(classes: tuple[str, ...]) -> Callable[[Path], RawDataset]:
 def _read_cifar10(directory: Path) -> RawDataset:
     batches = [read_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)]
     test_x, test_y = read_cifar_batch(directory / "test_batch")
-    return RawDataset(
-        np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), test_x, test_y, CIFAR10_CLASSES
-    )
+    return RawDataset(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), test_x, test_y, CIFAR10_CLASSES)
 
 
 def _read_image_folder(directory: Path) -> RawDataset:
@@ -111,8 +106,7 @@ DATASETS: dict[str, DatasetSpec] = {
                 ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
             ),
         ),
-        install_hint="on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist; "
-        "or pass --data-dir with the four IDX .gz files",
+        install_hint="on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist; or pass --data-dir with the four IDX .gz files",
     ),
     "mnist": DatasetSpec(
         name="mnist",

@@ -1,0 +1,145 @@
+"""The one way to get a latency: ``LatencyClient(target).measure(candidate, reference)``.
+
+The client looks in the latency cache first (the cluster's cache actor under Ray, the SQLite file
+directly without Ray) and times only on a miss:
+
+- a remote target (``local: false``): on the latency actors of every node labelled
+  ``hardware=<target>``, in turn; a call that times out or whose actor died moves on to the next
+  node's actor (the actor itself restarts and re-runs an interrupted call);
+- a local target (``local-cpu``): under Ray, on the latency actor of the head node, where the driver
+  runs; without Ray, in this process. Either way an exclusive lock file per target keeps two
+  timings from running at once on the machine.
+
+The cache key is (target and its threads/batch, runtime==version on the device, sha256 of the
+candidate and of the reference), so a new runtime version or a new reference is a new measurement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+from pathlib import Path
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+from hardware.actors import cache_actor, latency_actor, serving_nodes
+from hardware.cache import CacheKey, LatencyCache, default_cache_path
+from hardware.protocol import Measurement, device_lock, fingerprint, measure
+from hardware.runtime import get_runtime
+from hardware.targets import LABEL_KEY, HardwareTarget
+
+
+class TargetUnavailableError(RuntimeError):
+    """No node of the cluster serves the target (after a bounded wait), or every actor failed."""
+
+
+def _join_hint(target: HardwareTarget) -> str:
+    return f"ray start --address=<head> --labels={LABEL_KEY}={target.name} --resources='{{\"{target.resource}\": 1}}'"
+
+
+class LatencyClient:
+    """Latency of ONNX artifacts on one target: cache first, then the target's device.
+
+    ``cache``: ``"auto"`` (the cluster's cache actor, or ``$GALEN_HOME/latency-cache.sqlite`` without
+    Ray), a path (the same, at that file), a ``LatencyCache``, or ``None`` (always time).
+    """
+
+    def __init__(
+        self,
+        target: HardwareTarget,
+        *,
+        cache: str | Path | LatencyCache | None = "auto",
+        wait_s: float = 30.0,
+        call_timeout_s: float = 300.0,
+    ) -> None:
+        self.target, self.call_timeout_s = target, call_timeout_s
+        self.use_ray = ray.is_initialized()
+        self.actors: list = []
+        self.timings = self.hits = self.misses = 0
+        if self.use_ray:
+            self.actors = [latency_actor(target, node) for node in self._wait_for_nodes(wait_s)]
+            self.runtime = ray.get(self.actors[0].runtime.remote(target.runtime), timeout=call_timeout_s)
+        elif target.local:
+            runtime = get_runtime(target.runtime)
+            self.runtime = f"{runtime.name}=={runtime.version}"
+        else:
+            raise TargetUnavailableError(
+                f"hardware target {target.name!r} is served by Ray nodes labelled {LABEL_KEY}={target.name}; connect to the "
+                f"cluster first (ray.init(address=...) or RAY_ADDRESS); a device joins with: {_join_hint(target)}"
+            )
+        self._next = itertools.cycle(range(len(self.actors) or 1))
+        self._cache_actor = None
+        self._cache: LatencyCache | None = None
+        if isinstance(cache, LatencyCache):
+            self._cache = cache
+        elif cache is not None:
+            path = None if cache == "auto" else cache
+            if self.use_ray:
+                self._cache_actor = cache_actor(path)
+            else:
+                self._cache = LatencyCache(path or default_cache_path())
+
+    def _wait_for_nodes(self, wait_s: float) -> list[str]:
+        deadline = time.monotonic() + wait_s
+        nodes = serving_nodes(self.target)
+        while not nodes and time.monotonic() < deadline:
+            time.sleep(0.5)
+            nodes = serving_nodes(self.target)
+        if not nodes:
+            raise TargetUnavailableError(
+                f"no node serves hardware target {self.target.name!r} (waited {wait_s:.0f} s); join one with: {_join_hint(self.target)}"
+            )
+        return nodes
+
+    def key(self, candidate: bytes, reference: bytes | None = None) -> CacheKey:
+        digest = fingerprint(candidate) + (f"/{fingerprint(reference)}" if reference is not None else "")
+        return CacheKey(self.target.cache_id, self.runtime, digest)
+
+    def measure(self, candidate: bytes, reference: bytes | None = None) -> Measurement:
+        """The latency of ``candidate`` (and its ratio to ``reference``): from the cache, else timed on the target."""
+        key = self.key(candidate, reference)
+        found = self._cache_get(key)
+        if found is not None:
+            self.hits += 1
+            return dataclasses.replace(Measurement.from_dict(found), cached=True)
+        self.misses += 1
+        result = self._time(candidate, reference)
+        self.timings += 1
+        self._cache_put(key, result.to_dict())
+        return result
+
+    def stats(self) -> dict[str, int]:
+        """This client's cache hits and misses and the timings it caused."""
+        return {"hits": self.hits, "misses": self.misses, "timings": self.timings}
+
+    def cache_stats(self) -> dict[str, int] | None:
+        """The shared cache's own counts (every client of the cluster), or None without a cache."""
+        if self._cache_actor is not None:
+            return ray.get(self._cache_actor.stats.remote(), timeout=self.call_timeout_s)
+        return self._cache.stats() if self._cache is not None else None
+
+    def _cache_get(self, key: CacheKey) -> dict | None:
+        if self._cache_actor is not None:
+            return ray.get(self._cache_actor.get.remote(dataclasses.astuple(key)), timeout=self.call_timeout_s)
+        return self._cache.get(key) if self._cache is not None else None
+
+    def _cache_put(self, key: CacheKey, result: dict) -> None:
+        if self._cache_actor is not None:
+            ray.get(self._cache_actor.put.remote(dataclasses.astuple(key), result), timeout=self.call_timeout_s)
+        elif self._cache is not None:
+            self._cache.put(key, result)
+
+    def _time(self, candidate: bytes, reference: bytes | None) -> Measurement:
+        if not self.use_ray:
+            with device_lock(self.target.name):
+                return measure(candidate, self.target, reference)
+        spec, errors = self.target.to_dict(), []
+        for _ in range(len(self.actors)):
+            actor = self.actors[next(self._next)]
+            try:
+                return Measurement.from_dict(ray.get(actor.measure.remote(candidate, reference, spec), timeout=self.call_timeout_s))
+            except (GetTimeoutError, RayActorError, RayTaskError) as error:
+                errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+        raise TargetUnavailableError(f"every latency actor of {self.target.name!r} failed: {'; '.join(errors)}")

@@ -1,0 +1,143 @@
+"""Latency predictor: a per-layer lookup table measured on the target, plus whole-model calibration.
+
+As in HAQ/APQ, each distinct layer (shape x precision) is built as a one-layer ONNX artifact
+(``hardware.layers``) and timed once on the target through the ``LatencyClient``; the table is the
+latency cache itself, so it persists and is shared like every other measurement. A model's raw
+estimate is the sum of its layers' entries, split into the fp32 and the int8 parts. The sum misses
+what lies between layers (residual additions, pooling, quantize/dequantize at precision changes,
+session overhead) and counts the per-call overhead once per layer, so a few whole models measured on
+the target calibrate it: ``latency ~ a * fp32_sum + b * int8_sum + d * switch``, where ``switch``
+counts the activations converted where consecutive layers change precision, fitted to minimise
+relative error. ``predict`` then needs no artifact at all: the layer specs come from
+``compression.plan.layer_specs(structure, policy)`` in microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from hardware.client import LatencyClient
+from hardware.layers import LayerShape, layer_artifact
+
+Specs = Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``ms = fp32_scale * fp32_sum + int8_scale * int8_sum + switch_scale * switch_kelems``, and its fit."""
+
+    fp32_scale: float = 1.0
+    int8_scale: float = 1.0
+    switch_scale: float = 0.0  # ms per thousand activation values converted at a precision change
+    samples: int = 0
+    fit_mape: float | None = None  # mean absolute percentage error on the calibration models themselves
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def apply(self, features: Sequence[float]) -> float:
+        fp32, int8, switch = features
+        return self.fp32_scale * fp32 + self.int8_scale * int8 + self.switch_scale * switch
+
+
+def _nonnegative_fit(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Least squares with coefficients >= 0: drop the most negative column and refit until none is negative."""
+    active = list(range(design.shape[1]))
+    while True:
+        coef = np.zeros(design.shape[1])
+        coef[active], *_ = np.linalg.lstsq(design[:, active], target, rcond=None)
+        if coef.min() >= 0 or len(active) == 1:
+            return np.maximum(coef, 0)
+        active.remove(int(np.argmin(coef)))
+
+
+def mape(predicted: Iterable[float], measured: Iterable[float]) -> float:
+    """Mean absolute percentage error, in percent."""
+    p, m = np.asarray(list(predicted), float), np.asarray(list(measured), float)
+    return float(np.mean(np.abs(p - m) / m) * 100)
+
+
+class LatencyPredictor:
+    """Predicts a model's latency on ``client``'s target from its layer specs."""
+
+    def __init__(self, client: LatencyClient, calibration: Calibration | None = None, progress: bool | None = None) -> None:
+        self.client = client
+        self.calibration = calibration or Calibration()
+        self.progress = progress  # None: bars only on a terminal
+        self._table: dict[LayerShape, float] = {}
+
+    @property
+    def table(self) -> dict[LayerShape, float]:
+        """The lookup table entries used so far (layer -> median ms)."""
+        return dict(self._table)
+
+    def layer_ms(self, spec: dict[str, Any] | LayerShape) -> float:
+        """Median latency of one layer on the target (timed once, then from the table or the latency cache)."""
+        shape = spec if isinstance(spec, LayerShape) else LayerShape.from_spec(spec)
+        if shape not in self._table:
+            self._table[shape] = self.client.measure(layer_artifact(shape)).candidate.median_ms
+        return self._table[shape]
+
+    def fill(self, models: Iterable[Specs]) -> int:
+        """Time every layer of ``models`` missing from the table (with a progress bar); returns how many were new."""
+        missing = {LayerShape.from_spec(s) for specs in models for s in specs} - set(self._table)
+        for shape in tqdm(
+            sorted(missing, key=lambda s: s.key),
+            desc="latency table",
+            unit="layer",
+            disable=None if self.progress is None else not self.progress,
+        ):
+            self.layer_ms(shape)
+        return len(missing)
+
+    def features(self, specs: Specs) -> tuple[float, float, float]:
+        """Raw table estimate of a model: its fp32 layers' sum (ms), its int8 layers' sum (ms), and the thousands of
+        activation values at precision changes (consecutive layers in execution order that differ: a quantize or
+        dequantize the one-layer entries do not see)."""
+        fp32 = int8 = switch = 0.0
+        previous = None
+        for spec in specs:
+            shape = LayerShape.from_spec(spec)
+            if shape.int8:
+                int8 += self.layer_ms(shape)
+            else:
+                fp32 += self.layer_ms(shape)
+            if previous is not None and previous != shape.int8:
+                switch += shape.in_channels * shape.input_hw[0] * shape.input_hw[1] / 1e3
+            previous = shape.int8
+        return fp32, int8, switch
+
+    def calibrate(self, samples: Sequence[tuple[Specs, float]]) -> Calibration:
+        """Fit the calibration to whole models measured on the target: (layer specs, measured median ms) pairs.
+
+        With three or more models the three coefficients are fitted (least squares on relative error, all
+        kept >= 0); with fewer, a single scale of the table's sum is. Measured on ResNet-20/56 with random
+        mixed policies: an intercept made the fit unstable with few models and did not help with many; use
+        ten or more models of varied pruning and precision.
+        """
+        if not samples:
+            raise ValueError("calibration needs at least one measured model")
+        features = np.array([self.features(specs) for specs, _ in samples])
+        measured = np.array([ms for _, ms in samples], float)
+        if len(samples) >= 3:
+            a, b, d = _nonnegative_fit(features / measured[:, None], np.ones(len(samples)))
+        else:
+            a = b = float(np.mean(measured / features[:, :2].sum(axis=1)))
+            d = 0.0
+        fitted = Calibration(float(a), float(b), float(d), len(samples))
+        error = mape([fitted.apply(f) for f in features], measured)
+        self.calibration = Calibration(fitted.fp32_scale, fitted.int8_scale, fitted.switch_scale, len(samples), error)
+        return self.calibration
+
+    def predict(self, specs: Specs) -> float:
+        """Predicted median latency (ms) of the model with these layer specs."""
+        return self.calibration.apply(self.features(specs))
+
+    def predict_ratio(self, specs: Specs, reference: Specs) -> float:
+        """Predicted latency relative to ``reference`` (the uncompressed model's specs)."""
+        return self.predict(specs) / self.predict(reference)
