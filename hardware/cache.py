@@ -1,9 +1,10 @@
 """The persistent latency cache: SQLite in WAL mode, keyed by (target, runtime + version, artifact fingerprint).
 
 One process owns it in a Ray cluster (``hardware.actors.LatencyCacheActor`` on the head node);
-this class is that owner's storage, and the cache of a client running without Ray. WAL mode lets readers proceed while one writer commits, ``busy_timeout`` makes a
-second writer wait instead of failing, and each put is one transaction, so concurrent writers
-(tested with two processes) never leave a partial row. Results survive a restart of the driver.
+this class is that owner's storage, and the cache of a client running without Ray. WAL mode
+lets readers proceed while one writer commits, ``busy_timeout`` makes a second writer wait
+instead of failing, and each put is one transaction, so concurrent writers (tested with two
+processes) never leave a partial row. Results survive a restart of the driver.
 """
 
 from __future__ import annotations

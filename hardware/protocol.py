@@ -18,8 +18,8 @@ import hashlib
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
