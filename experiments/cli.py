@@ -8,15 +8,24 @@ import logging
 import sys
 from collections.abc import Callable
 
-from experiments import train
-from experiments.options import from_args
+from experiments import hardware, train
+from experiments.options import add_options, from_args
+from hardware.client import TargetUnavailableError
 from workloads.checkpoints import CheckpointError
 from workloads.models import ModelNotAvailableError
 
 # The user's mistakes get a one-line error (names, values, what is allowed); anything else is a
 # bug and keeps its traceback. ValueError covers unknown models/datasets and bad config values,
 # FileNotFoundError a dataset found nowhere.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, CheckpointError, ModelNotAvailableError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    CheckpointError,
+    ModelNotAvailableError,
+    TargetUnavailableError,
+)
+
+OUR_LOGGERS = ("galen", "workloads", "compression", "hardware", "envs", "agents", "experiments")
 
 DEMO_DEFAULTS = {"model": "resnet20", "dataset": "fashion-mnist", "epochs": 2}
 """The embedded default of ``galen demo`` (until the search exists: train and evaluate the default base model)."""
@@ -83,12 +92,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=None, help="checkpoint store directory (default: $GALEN_HOME/checkpoints)")
     p.add_argument("--json", action="store_true", help="print the metadata as JSON")
     p.set_defaults(handler=_list_checkpoints)
+
+    p = sub.add_parser("hardware", help="hardware targets: list them, check timing on one", description=hardware.__doc__)
+    hw = p.add_subparsers(dest="hardware_command", required=True, metavar="ACTION")
+    q = hw.add_parser("list", help="targets and the nodes serving each", description="List the hardware targets and who serves them.")
+    add_options(q, hardware.ListConfig)
+    q.set_defaults(handler=lambda a: hardware.list_targets(from_args(hardware.ListConfig, a)))
+    q = hw.add_parser("check", help="time a reference model on a target", description=hardware.__doc__)
+    add_options(q, hardware.CheckConfig, positional=("target",))
+    q.set_defaults(handler=lambda a: hardware.check(from_args(hardware.CheckConfig, a)))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # our loggers at INFO; the libraries' (ONNX Runtime's quantizer logs every bias copy on the root logger) at WARNING
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     handler: Callable[[argparse.Namespace], object] = args.handler
     try:
         handler(args)

@@ -21,11 +21,18 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - mirro
     return dataclasses.field(default=default, metadata={"help": help, **kwargs})
 
 
-def add_options(parser: argparse.ArgumentParser, config_type: type, defaults: dict[str, Any] | None = None) -> None:
-    """Add one option per field of ``config_type`` (defaults may be overridden per command)."""
+def add_options(
+    parser: argparse.ArgumentParser, config_type: type, defaults: dict[str, Any] | None = None, positional: tuple[str, ...] = ()
+) -> None:
+    """Add one option per field of ``config_type`` (defaults may be overridden per command); fields named in
+    ``positional`` become optional positional arguments instead."""
     hints = typing.get_type_hints(config_type)
     defaults = defaults or {}
     for f in dataclasses.fields(config_type):
+        if f.name in positional:
+            default = defaults.get(f.name, f.default)
+            parser.add_argument(f.name, nargs="?", default=default, help=f"{f.metadata.get('help', '')} (default: {default})")
+            continue
         default = defaults.get(f.name, f.default)
         kind, optional = _unwrap(hints[f.name])
         flag = "--" + f.name.replace("_", "-")

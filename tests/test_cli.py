@@ -11,7 +11,7 @@ from experiments import cli
 from experiments.train import TrainConfig, main
 
 GALEN = shutil.which("galen", path=str(Path(sys.executable).parent))
-SUBCOMMANDS = ["train", "demo", "models", "datasets", "checkpoints"]
+SUBCOMMANDS = ["train", "demo", "models", "datasets", "checkpoints", "hardware"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in SUBCOMMANDS)])
@@ -72,3 +72,31 @@ def test_bad_dataset_choice_is_rejected_by_the_parser() -> None:
     result = subprocess.run([GALEN, "train", "--dataset", "svhn"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "argument --dataset: invalid choice: 'svhn' (choose from 'fashion-mnist', 'mnist', 'cifar10', 'imagefolder')" in result.stderr
+
+
+def test_hardware_list_and_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["hardware", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "local-cpu      onnxruntime, 1 thread(s), batch 1, w8/32 a8/32" in out
+    assert "served by: nodes labelled hardware=arm-board (connect with --address or RAY_ADDRESS to list them)" in out
+    assert cli.main(["hardware", "check", "local-cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("target local-cpu: onnxruntime ")
+    rows = {line.split()[0]: line.split() for line in lines[3:5]}
+    assert set(rows) == {"fp32", "int8"}
+    assert 0.85 < float(rows["fp32"][5]) < 1.15 and float(rows["int8"][5]) < 0.8  # int8 kernels really run faster
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["hardware", "check", "tpu"], "galen hardware: error: unknown hardware target 'tpu'; known targets: arm-board, local-cpu\n"),
+        (
+            ["hardware", "check", "arm-board"],
+            "galen hardware: error: hardware target 'arm-board' is served by Ray nodes labelled hardware=arm-board; connect to the cluster first",
+        ),
+    ],
+)
+def test_hardware_check_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.startswith(message)

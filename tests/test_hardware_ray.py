@@ -135,3 +135,16 @@ def test_local_target_under_ray_is_measured_on_the_head_node(cluster, reference)
     client = LatencyClient(parse_target({"name": "local-test", "local": True, "measurement": FAST}), cache=None)
     assert [ray.get(a.node_id.remote()) for a in client.actors] == [cluster_.head_node.node_id]
     assert 0.8 < client.measure(reference, reference).ratio < 1.25
+
+
+def test_galen_hardware_list_shows_the_serving_nodes(cluster, capsys, tmp_path) -> None:
+    from experiments import cli
+
+    cluster_, nodes = cluster
+    for name in nodes:
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\n")
+    assert cli.main(["hardware", "list", "--address", cluster_.address, "--targets-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"({nodes['dev-a'].node_id[:12]})" in out and f"({nodes['dev-b'].node_id[:12]})" in out
+    assert f"({cluster_.head_node.node_id[:12]})" in out  # local-cpu: the head node
+    assert "served by: no node (join one with --labels=hardware=arm-board)" in out
