@@ -97,9 +97,8 @@ def check(config: CheckConfig) -> dict:
         print(json.dumps(report, indent=2))
         return report
     first = results["fp32"]
-    print(
-        f"target {target.name}: {first.runtime} {first.runtime_version} on {first.cpu} ({first.machine}), {target.threads} thread(s), batch {target.batch_size}"
-    )
+    where = f"{first.runtime} {first.runtime_version} on {first.cpu} ({first.machine})"
+    print(f"target {target.name}: {where}, {target.threads} thread(s), batch {target.batch_size}")
     print(f"model {config.model} {config.in_channels}x{config.image_size}x{config.image_size}")
     print(f"{'artifact':<8} {'median ms':>10} {'p10':>8} {'p90':>8} {'samples':>8} {'ratio to fp32':>14}  stable (attempts)")
     for name, m in results.items():

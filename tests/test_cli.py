@@ -93,7 +93,8 @@ def test_hardware_list_and_check(capsys: pytest.CaptureFixture[str]) -> None:
         (["hardware", "check", "tpu"], "galen hardware: error: unknown hardware target 'tpu'; known targets: arm-board, local-cpu\n"),
         (
             ["hardware", "check", "arm-board"],
-            "galen hardware: error: hardware target 'arm-board' is served by Ray nodes labelled hardware=arm-board; connect to the cluster first",
+            "galen hardware: error: hardware target 'arm-board' is served by Ray nodes labelled hardware=arm-board; "
+            "connect to the cluster first",
         ),
     ],
 )
