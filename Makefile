@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test lint bench-workloads bench-compression
+.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware
 
 setup: $(STAMP) dataset
 
@@ -36,3 +36,6 @@ bench-workloads: setup
 
 bench-compression: setup
 	$(BIN)/python -m bench.compression
+
+bench-hardware: setup
+	$(BIN)/python -m bench.hardware

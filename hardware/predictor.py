@@ -112,20 +112,25 @@ class LatencyPredictor:
             previous = shape.int8
         return fp32, int8, switch
 
-    def calibrate(self, samples: Sequence[tuple[Specs, float]]) -> Calibration:
+    def calibrate(self, samples: Sequence[tuple[Specs, float]], anchor: int | None = None) -> Calibration:
         """Fit the calibration to whole models measured on the target: (layer specs, measured median ms) pairs.
 
         With three or more models the three coefficients are fitted (least squares on relative error, all
         kept >= 0); with fewer, a single scale of the table's sum is. Measured on ResNet-20/56 with random
         mixed policies: an intercept made the fit unstable with few models and did not help with many; use
-        ten or more models of varied pruning and precision.
+        ten or more models of varied pruning and precision. ``anchor``: index of the reference model (the
+        uncompressed one) among ``samples``, weighted 10x so that the fit passes through it and
+        ``predict_ratio`` is not biased by the error at the reference (ResNet-20: ratio MAPE 10.3% -> 8.8%).
         """
         if not samples:
             raise ValueError("calibration needs at least one measured model")
         features = np.array([self.features(specs) for specs, _ in samples])
         measured = np.array([ms for _, ms in samples], float)
         if len(samples) >= 3:
-            a, b, d = _nonnegative_fit(features / measured[:, None], np.ones(len(samples)))
+            weights = np.ones(len(samples))
+            if anchor is not None:
+                weights[anchor] = 10.0
+            a, b, d = _nonnegative_fit(features / measured[:, None] * weights[:, None], weights)
         else:
             a = b = float(np.mean(measured / features[:, :2].sum(axis=1)))
             d = 0.0

@@ -156,3 +156,16 @@ def test_remote_target_without_a_cluster_is_a_clear_error() -> None:
         r"--resources='\{\"arm-board\": 1\}'$",
     ):
         LatencyClient(get_target("arm-board"))
+
+
+def test_what_a_device_node_imports_needs_no_torch_and_no_onnx() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, hardware.actors, hardware.client; "
+        "print(sorted(m for m in ('torch', 'onnx', 'compression', 'workloads') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
