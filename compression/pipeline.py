@@ -65,3 +65,15 @@ def compress(
         seconds["quantize"] = time.perf_counter() - start
     size = artifact.size_bytes if artifact else None
     return Compressed(pruned, pruned_structure, policy, artifact, costs(pruned_structure, policy, size), seconds)
+
+
+def build(compressed: Compressed, example_input: torch.Tensor, calibration: torch.Tensor) -> Compressed:
+    """Export and quantize ``compressed.model`` as it is now (after batch-norm recalibration or fine-tuning)."""
+    start = time.perf_counter()
+    exported = export_onnx(compressed.model.eval(), example_input, layer_names=compressed.structure.layer_names)
+    compressed.seconds["export"] = time.perf_counter() - start
+    start = time.perf_counter()
+    compressed.artifact = build_artifact(exported, compressed.policy, calibration.numpy())
+    compressed.seconds["quantize"] = time.perf_counter() - start
+    compressed.costs = costs(compressed.structure, compressed.policy, compressed.artifact.size_bytes)
+    return compressed

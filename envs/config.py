@@ -1,0 +1,81 @@
+"""The one typed configuration of the compression environments, validated with messages that name the field."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("prune", "quantize", "joint")
+OBJECTIVES = ("latency", "macs", "bops", "bytes")
+REWARDS = ("galen", "constrained-soft", "constrained-hard", "amc")
+LATENCY_SOURCES = ("measure", "predict")
+
+
+class EnvConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the field and the allowed values."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything an environment needs; every field has a default, so ``EnvConfig()`` is the embedded demo."""
+
+    kind: str = "joint"  # prune | quantize | joint (set by the registered env id)
+    model: str = "resnet20"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    checkpoint: str | None = None  # a checkpoint directory; None: the store's entry for (model, dataset, base_epochs, seed)
+    base_epochs: int = 5  # recipe epochs of the store entry used when checkpoint is None
+    train_base: bool = False  # train and store the base model when the store lacks it (else: an error)
+    target: str = "local-cpu"
+    objective: str = "latency"  # the cost C: latency | macs | bops | bytes
+    target_ratio: float = 0.25  # T = target_ratio x C(uncompressed)
+    reward: str = "galen"
+    budget_guard: bool = False  # limit actions so the target can still be met (AMC/HAQ's action wall)
+    latency_source: str = "measure"  # measure on the target (cache first) or predict with the per-layer table
+    val_size: int = 1000  # validation images scored per episode (the first N of the validation split)
+    finetune_steps: int = 0  # SGD steps with simulated quantization after pruning (0: batch-norm recalibration only)
+    bn_batches: int = 8  # batches of 64 training images for batch-norm recalibration after pruning
+    min_keep: float = 0.1  # keep ratio of action 0 (action 1 keeps everything)
+    round_to: int = 8  # kept channels are multiples of this
+    sensitivity_images: int = 256
+    calibration_images: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {"kind": KINDS, "objective": OBJECTIVES, "reward": REWARDS, "latency_source": LATENCY_SOURCES}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise EnvConfigError(f"env config: field '{name}' is {value!r}; allowed: {', '.join(allowed)}")
+        ranges = {
+            "target_ratio": (0 < self.target_ratio <= 1, "a number in (0, 1]"),
+            "min_keep": (0 < self.min_keep <= 1, "a number in (0, 1]"),
+            "val_size": (self.val_size >= 1, "an integer >= 1"),
+            "finetune_steps": (self.finetune_steps >= 0, "an integer >= 0"),
+            "bn_batches": (self.bn_batches >= 0, "an integer >= 0"),
+            "base_epochs": (self.base_epochs >= 1, "an integer >= 1"),
+            "round_to": (self.round_to >= 1, "an integer >= 1"),
+            "sensitivity_images": (self.sensitivity_images >= 1, "an integer >= 1"),
+            "calibration_images": (self.calibration_images >= 1, "an integer >= 1"),
+        }
+        for name, (ok, allowed) in ranges.items():
+            if not ok:
+                raise EnvConfigError(f"env config: field '{name}' is {getattr(self, name)!r}; allowed: {allowed}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> EnvConfig:
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise EnvConfigError(f"env config: unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def context_key(self) -> tuple:
+        """What the shared, expensive part of an env depends on (not the kind, reward or budget)."""
+        fields = ("model", "dataset", "data_dir", "checkpoint", "base_epochs", "target", "val_size", "seed")
+        return tuple(getattr(self, f) for f in fields) + (self.sensitivity_images, self.calibration_images, self.objective)

@@ -1,0 +1,233 @@
+"""The expensive, shared part of a compression environment, built once per process and config.
+
+It holds the base model and its data, the structure (layers, groups), the reference (uncompressed)
+artifact with its accuracy, costs and latency, the latency client (cache first) and, lazily, the
+latency predictor, the sensitivity vectors, and the per-layer static features. Several envs of one
+env runner with the same settings share one context.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compression.costs import Costs
+from compression.export import evaluate_onnx
+from compression.pipeline import compress
+from compression.plan import layer_specs, planned_costs
+from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
+from compression.structure import ModelStructure, discover
+from envs.config import EnvConfig, EnvConfigError
+from envs.sensitivity import KEEP_RATIOS, cached_sensitivity
+from hardware.cache import galen_home
+from hardware.client import LatencyClient
+from hardware.predictor import LatencyPredictor
+from hardware.targets import HardwareTarget, get_target
+from workloads.base import obtain_base_model
+from workloads.checkpoints import CheckpointError, load_into
+from workloads.datasets import DataSplits, load_dataset
+from workloads.models import build_model
+from workloads.training import Recipe
+
+log = logging.getLogger(__name__)
+_CONTEXTS: dict[tuple, EnvContext] = {}
+LOW_BITS = (2, 3, 4, 5, 6, 7, 8)
+
+
+def precision_options(target: HardwareTarget, objective: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Weight and activation bit options, most compressed first.
+
+    For latency only what the target runs with real kernels (on CPUs: 8 and 32); for MACs, BOPs and
+    bytes, 2..8 bits are simulated too (they shrink the model, not the latency on a CPU).
+    """
+    if objective == "latency":
+        return tuple(sorted(target.weight_bits)), tuple(sorted(target.activation_bits))
+    return (*LOW_BITS, FLOAT_BITS), (*LOW_BITS, FLOAT_BITS)
+
+
+def _load_base(config: EnvConfig) -> tuple[nn.Module, DataSplits, dict[str, Any]]:
+    if config.checkpoint is None:
+        base = obtain_base_model(
+            config.model,
+            config.dataset,
+            Recipe(epochs=config.base_epochs),
+            config.seed,
+            data_dir=config.data_dir,
+            train=config.train_base,
+        )
+        return base.model.eval(), base.data, {**base.meta, "path": str(base.path)}
+    directory = Path(config.checkpoint)
+    meta_file = directory / "meta.json"
+    if not meta_file.is_file():
+        raise CheckpointError(f"env config: field 'checkpoint' is {config.checkpoint!r}, which has no meta.json (not a checkpoint)")
+    meta = json.loads(meta_file.read_text())
+    for name in ("model", "dataset"):
+        if meta.get(name) != getattr(config, name):
+            raise EnvConfigError(
+                f"env config: checkpoint {directory} holds {name} {meta.get(name)!r} but field '{name}' is {getattr(config, name)!r}"
+            )
+    val_size = int(meta.get("recipe", {}).get("val_size", 5000))
+    data = load_dataset(config.dataset, config.data_dir, val_size=val_size, seed=int(meta.get("seed", config.seed)))
+    model = build_model(config.model, data.in_channels, data.num_classes)
+    meta = load_into(directory, model)
+    return model.eval(), data, {**meta, "path": str(directory)}
+
+
+@dataclass
+class EnvContext:
+    config: EnvConfig
+    model: nn.Module
+    data: DataSplits
+    meta: dict[str, Any]
+    target: HardwareTarget
+    structure: ModelStructure
+    example: torch.Tensor
+    calibration: torch.Tensor
+    reference: bytes
+    reference_accuracy: float
+    reference_costs: Costs
+    weight_options: tuple[int, ...]
+    activation_options: tuple[int, ...]
+    _client: LatencyClient | None = field(default=None, repr=False)
+    _predictor: LatencyPredictor | None = field(default=None, repr=False)
+
+    @classmethod
+    def get(cls, config: EnvConfig) -> EnvContext:
+        key = config.context_key()
+        if key not in _CONTEXTS:
+            _CONTEXTS[key] = cls.build(config)
+        return _CONTEXTS[key]
+
+    @classmethod
+    def build(cls, config: EnvConfig) -> EnvContext:
+        target = get_target(config.target)  # unknown target: an error listing the known ones, before any work
+        model, data, meta = _load_base(config)
+        if config.val_size > len(data.val):
+            raise EnvConfigError(f"env config: field 'val_size' is {config.val_size}; allowed: 1..{len(data.val)} (the validation split)")
+        calibration = data.calibration(config.calibration_images)
+        example = calibration[:1]
+        structure = discover(model, example)
+        reference = compress(model, CompressionPolicy(), example, calibration, structure=structure)
+        weights, activations = precision_options(target, config.objective)
+        context = cls(
+            config=config,
+            model=model,
+            data=data,
+            meta=meta,
+            target=target,
+            structure=structure,
+            example=example,
+            calibration=calibration,
+            reference=reference.artifact.data,
+            reference_accuracy=0.0,
+            reference_costs=reference.costs,
+            weight_options=weights,
+            activation_options=activations,
+        )
+        context.reference_accuracy = context.accuracy(reference.artifact.data)
+        return context
+
+    # --- measurements --------------------------------------------------------------------------
+    def val_batches(self) -> Any:
+        return self.data.loader("val", 250, limit=self.config.val_size)
+
+    def accuracy(self, artifact: bytes) -> float:
+        """Top-1 accuracy of an ONNX artifact (ONNX Runtime, the real int8 kernels) on the validation subset."""
+        return evaluate_onnx(artifact, self.val_batches(), threads=max(1, torch.get_num_threads()))
+
+    @property
+    def client(self) -> LatencyClient:
+        if self._client is None:
+            self._client = LatencyClient(self.target)
+        return self._client
+
+    @property
+    def predictor(self) -> LatencyPredictor:
+        """The latency predictor, calibrated on first use with a dozen models measured on the target (cached)."""
+        if self._predictor is None:
+            predictor = LatencyPredictor(self.client, progress=False)
+            rng = random.Random(self.config.seed)
+            s = self.structure
+            int8 = {n: Precision(8, 8) for n in s.layer_names}
+            policies = [CompressionPolicy(), CompressionPolicy(precision=int8)]
+            for _ in range(10):
+                keep = {g: rng.uniform(self.config.min_keep, 1.0) for g in s.group_names}
+                precision = {n: Precision(8, 8) for n in s.layer_names if rng.random() < 0.5}
+                policies.append(CompressionPolicy(keep, precision))
+            samples = []
+            for policy in policies:
+                artifact = compress(self.model, policy, self.example, self.calibration, structure=s, round_to=self.config.round_to).artifact
+                samples.append((layer_specs(s, policy, self.config.round_to), self.client.measure(artifact.data).candidate.median_ms))
+            predictor.calibrate(samples, anchor=0)
+            log.info("latency predictor calibrated: %s", predictor.calibration)
+            self._predictor = predictor
+        return self._predictor
+
+    def analytic_cost(self, policy: CompressionPolicy) -> float:
+        """The objective's cost of ``policy`` without building it (latency: predicted, ms)."""
+        objective = self.config.objective
+        if objective == "latency":
+            return self.predictor.predict(layer_specs(self.structure, policy, self.config.round_to))
+        costs = planned_costs(self.structure, policy, self.config.round_to)
+        return float({"macs": costs.macs, "bops": costs.bops, "bytes": costs.weight_bytes}[objective])
+
+    @cached_property
+    def analytic_reference_cost(self) -> float:
+        return self.analytic_cost(CompressionPolicy())
+
+    # --- static features ---------------------------------------------------------------------------
+    @cached_property
+    def sensitivity(self) -> dict[str, dict[str, list[float]]]:
+        identity = {
+            "checkpoint_sha256": self.meta.get("sha256"),
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "seed": self.config.seed,
+        }
+        precisions = [Precision(b, b) for b in self.weight_options if b < FLOAT_BITS]
+        images = self.data.calibration(self.config.sensitivity_images, seed=self.config.seed + 7)
+        return cached_sensitivity(
+            galen_home() / "sensitivity", identity, self.model, self.structure, images, precisions, self.config.round_to
+        )
+
+    @cached_property
+    def layer_features(self) -> np.ndarray:
+        """Static per-layer features, standardised with statistics fixed at build time (one row per layer)."""
+        s = self.structure
+        total = s.total_macs
+        rows, before = [], 0
+        for layer in s.layers:
+            after = total - before - layer.macs
+            rows.append(
+                [
+                    layer.macs / total,  # = the layer's share of BOPs at fp32 (BOPs = MACs x 32 x 32 there)
+                    math.log(layer.in_channels),
+                    math.log(layer.out_channels),
+                    layer.kernel[0],
+                    layer.stride[0],
+                    math.log(layer.params),
+                    before / total,
+                    after / total,
+                ]
+            )
+            before += layer.macs
+        array = np.array(rows, dtype=np.float64)
+        std = array.std(axis=0)
+        return ((array - array.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+    def sensitivity_vectors(self, layer: str) -> np.ndarray:
+        """The layer's group pruning curve (zeros for output layers) and its quantization KLs, log-scaled."""
+        group = self.structure.group_of(layer)
+        prune_curve = self.sensitivity["prune"].get(group.name, [0.0] * len(KEEP_RATIOS)) if group else [0.0] * len(KEEP_RATIOS)
+        quant = self.sensitivity["quantize"].get(layer, [])
+        return np.log1p(np.array([*prune_curve, *quant], dtype=np.float64) * 100).astype(np.float32)

@@ -1,0 +1,38 @@
+"""Rewards of a finished episode. C is the objective's cost, T = target_ratio x C(uncompressed), acc in [0, 1].
+
+- ``galen`` (Galen's default): R = acc - 5 |C/T - 1|
+- ``constrained-soft``: R = acc if C <= T, else acc (C/T)^(-0.05)
+- ``constrained-hard``: R = acc if C <= T, else acc - 5 |C/T - 1|
+- ``amc`` (AMC): R = -(1 - acc) log(C), with C in natural units: microseconds for latency, counts for
+  MACs and BOPs, bytes for size (all >= 1 for any real model, so log(C) > 0)
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def reward_parts(kind: str, accuracy: float, cost_ratio: float, cost: float, target_ratio: float) -> dict[str, float]:
+    """The reward and its parts: accuracy, C/C(uncompressed), C/T, and the penalty (what the cost took off the accuracy).
+
+    ``cost_ratio`` is C / C(uncompressed) (for latency: the interleaved measurement's ratio), ``cost`` C in
+    natural units (used by ``amc`` only).
+    """
+    ratio = cost_ratio
+    over = ratio / target_ratio  # C / T
+    if kind == "galen":
+        penalty = 5 * abs(over - 1)
+        reward = accuracy - penalty
+    elif kind == "constrained-soft":
+        factor = 1.0 if over <= 1 else over**-0.05
+        penalty = accuracy * (1 - factor)
+        reward = accuracy * factor
+    elif kind == "constrained-hard":
+        penalty = 0.0 if over <= 1 else 5 * abs(over - 1)
+        reward = accuracy - penalty
+    elif kind == "amc":
+        penalty = 0.0
+        reward = -(1 - accuracy) * math.log(max(cost, 1.0))
+    else:
+        raise ValueError(f"unknown reward {kind!r}")
+    return {"reward": reward, "accuracy": accuracy, "cost_ratio": ratio, "cost_over_target": over, "penalty": penalty}

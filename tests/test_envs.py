@@ -1,0 +1,133 @@
+"""The compression environments on a real trained ResNet-20, real ONNX Runtime latency and accuracy."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import envs
+from envs import EnvConfig, EnvConfigError, JointEnv, PruneEnv, QuantizeEnv
+from envs.rewards import reward_parts
+from hardware.targets import TargetError
+from workloads.checkpoints import CheckpointError
+
+
+@pytest.fixture(scope="module")
+def config(trained_resnet20) -> dict:
+    # the trained_resnet20 fixture stores a 1-epoch ResNet-20 in the session's checkpoint store
+    return {
+        "model": "resnet20",
+        "dataset": "fashion-mnist",
+        "checkpoint": str(trained_resnet20.path),
+        "val_size": 500,
+        "sensitivity_images": 64,
+        "calibration_images": 64,
+        "bn_batches": 4,
+    }
+
+
+def _run(env: gym.Env, actions, seed: int = 0):
+    obs, _ = env.reset(seed=seed)
+    trajectory = [obs]
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(np.asarray(action, np.float32))
+        trajectory.append(obs)
+        if terminated:
+            return trajectory, reward, info
+    raise AssertionError("episode did not end")
+
+
+@pytest.mark.parametrize("env_id", list(envs.ENV_IDS))
+def test_registered_envs_pass_the_gymnasium_checker(env_id: str, config: dict) -> None:
+    env = gym.make(env_id, config=config).unwrapped
+    check_env(env, skip_render_check=True)
+    k = {"galen/Prune-v0": 1, "galen/Quantize-v0": 2, "galen/Joint-v0": 3}[env_id]
+    assert env.action_space.shape == (k,)
+    units = len(env.ctx.structure.groups) if k == 1 else len(env.ctx.structure.layers)
+    assert len(env.units) == units
+
+
+def test_no_compression_reproduces_the_base_model_and_aggressive_is_faster(config: dict) -> None:
+    env = JointEnv(config)
+    _, reward, info = _run(env, [np.ones(3)] * len(env.units))
+    assert info["accuracy"] == pytest.approx(env.ctx.reference_accuracy, abs=1e-9)
+    assert info["policy"]["keep"] == {g.name: 1.0 for g in env.ctx.structure.groups}
+    assert 0.85 < info["latency_ratio"] < 1.15 and info["macs_ratio"] == 1.0
+    assert reward == pytest.approx(info["accuracy"] - 5 * abs(info["latency_ratio"] / 0.25 - 1))
+    _, _, small = _run(env, [[0.3, 0.0, 0.0]] * len(env.units))
+    assert small["latency_ratio"] < 0.6 * info["latency_ratio"]
+    assert small["macs_ratio"] < 0.2
+    for field in ("policy", "accuracy", "latency_ms", "latency_ratio", "macs", "bops", "weight_bytes", "reward", "penalty"):
+        assert field in small
+
+
+def test_same_seed_same_trajectory(config: dict) -> None:
+    rng = np.random.default_rng(3)
+    first, second = PruneEnv(config), PruneEnv(config)
+    actions = rng.uniform(0, 1, (len(first.units), 1))
+    run1, reward1, info1 = _run(first, actions, seed=5)
+    run2, reward2, info2 = _run(second, actions, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip(run1, run2, strict=True))
+    assert reward1 == reward2 and info1["policy"] == info2["policy"] and info1["accuracy"] == info2["accuracy"]
+    assert info2["latency_cached"]  # the second env got the latency from the cache
+
+
+def test_budget_guard_makes_every_random_episode_meet_the_target(config: dict) -> None:
+    env = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5, "budget_guard": True})
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        _, _, info = _run(env, rng.uniform(0, 1, (len(env.units), 1)))
+        assert info["within_budget"] and info["macs_ratio"] <= 0.5, info["macs_ratio"]
+    unguarded = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5})
+    _, _, info = _run(unguarded, np.ones((len(unguarded.units), 1)))
+    assert not info["within_budget"]
+
+
+def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict) -> None:
+    env = QuantizeEnv(config)
+    assert env.ctx.weight_options == (8, 32)
+    _, _, info = _run(env, [[0.0, 0.0]] * len(env.units))
+    assert all(p == {"weight_bits": 8, "activation_bits": 8} for p in info["policy"]["precision"].values())
+    assert info["latency_ratio"] < 0.8 and info["accuracy"] > info["reference_accuracy"] - 0.02
+    small = QuantizeEnv({**config, "objective": "bytes", "target_ratio": 0.2})
+    assert small.ctx.weight_options == (2, 3, 4, 5, 6, 7, 8, 32)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "message"),
+    [
+        ({"checkpoint": None, "model": "resnet1000"}, ValueError, r"^unknown model 'resnet1000'; registered models: resnet20, "),
+        ({"model": "resnet56"}, EnvConfigError, r"^env config: checkpoint .* holds model 'resnet20' but field 'model' is 'resnet56'$"),
+        ({"target": "tpu"}, TargetError, r"^unknown hardware target 'tpu'; known targets: arm-board, local-cpu$"),
+        ({"target_ratio": 0.0}, EnvConfigError, r"^env config: field 'target_ratio' is 0.0; allowed: a number in \(0, 1\]$"),
+        ({"target_ratio": 1.5}, EnvConfigError, r"^env config: field 'target_ratio' is 1.5; allowed: a number in \(0, 1\]$"),
+        (
+            {"reward": "best"},
+            EnvConfigError,
+            r"^env config: field 'reward' is 'best'; allowed: galen, constrained-soft, constrained-hard, amc$",
+        ),
+        ({"budget": 3}, EnvConfigError, r"^env config: unknown field 'budget'; allowed fields: base_epochs, bn_batches, "),
+        ({"checkpoint": "/nonexistent/ckpt"}, CheckpointError, r"field 'checkpoint' is '/nonexistent/ckpt', which has no meta.json"),
+        (
+            {"checkpoint": None, "base_epochs": 77},
+            CheckpointError,
+            r"^no checkpoint for resnet20--fashion-mnist--.*; train it with: "
+            r"galen train --model resnet20 --dataset fashion-mnist --epochs 77 --seed 0$",
+        ),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(config: dict, overrides: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        JointEnv({**config, **overrides})
+
+
+def test_rewards() -> None:
+    assert reward_parts("galen", 0.9, 0.25, 250.0, 0.25)["reward"] == pytest.approx(0.9)
+    assert reward_parts("galen", 0.9, 0.5, 500.0, 0.25)["reward"] == pytest.approx(0.9 - 5)
+    assert reward_parts("constrained-soft", 0.9, 0.5, 500.0, 0.25)["reward"] == pytest.approx(0.9 * 2**-0.05)
+    assert reward_parts("constrained-hard", 0.9, 0.2, 200.0, 0.25)["reward"] == pytest.approx(0.9)
+    assert reward_parts("constrained-hard", 0.9, 0.5, 500.0, 0.25)["reward"] == pytest.approx(0.9 - 5)
+    assert reward_parts("amc", 0.9, 0.5, 500.0, 0.25)["reward"] == pytest.approx(-0.1 * np.log(500.0))
+    assert EnvConfig() == EnvConfig.from_dict(EnvConfig().to_dict())
