@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware
+.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs
 
 setup: $(STAMP) dataset
 
@@ -39,3 +39,6 @@ bench-compression: setup
 
 bench-hardware: setup
 	$(BIN)/python -m bench.hardware
+
+bench-envs: setup
+	$(BIN)/python -m bench.envs
