@@ -17,6 +17,7 @@ candidate and of the reference), so a new runtime version or a new reference is 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from pathlib import Path
@@ -29,6 +30,9 @@ from hardware.cache import CacheKey, LatencyCache, default_cache_path
 from hardware.protocol import Measurement, device_lock, fingerprint, measure
 from hardware.runtime import get_runtime
 from hardware.targets import LABEL_KEY, HardwareTarget
+
+# The reference artifact is the same object on every call of a search: hash it once (bytes cache their own hash).
+_digest = functools.lru_cache(maxsize=16)(fingerprint)
 
 
 class TargetUnavailableError(RuntimeError):
@@ -94,7 +98,7 @@ class LatencyClient:
         return nodes
 
     def key(self, candidate: bytes, reference: bytes | None = None) -> CacheKey:
-        digest = fingerprint(candidate) + (f"/{fingerprint(reference)}" if reference is not None else "")
+        digest = fingerprint(candidate) + (f"/{_digest(reference)}" if reference is not None else "")
         return CacheKey(self.target.cache_id, self.runtime, digest)
 
     def measure(self, candidate: bytes, reference: bytes | None = None) -> Measurement:
