@@ -10,7 +10,7 @@ import gymnasium as gym
 import numpy as np
 
 from compression.finetune import finetune, recalibrate_batch_norm
-from compression.pipeline import build, compress
+from compression.pipeline import Compressed, build, compress
 from compression.plan import layer_specs, planned_structure
 from compression.policy import CompressionPolicy, Precision
 from compression.pruning import kept_channels
@@ -126,6 +126,17 @@ class CompressionEnv(gym.Env):
             precision = Precision(self._option(self.ctx.weight_options, w), self._option(self.ctx.activation_options, a))
         return keep, precision
 
+    def action_mask(self) -> np.ndarray:
+        """(units, k) booleans: which action dimensions a step actually uses (keep only at a group's first layer)."""
+        k = self.action_space.shape[0]
+        mask = np.zeros((len(self.units), k), dtype=bool)
+        for i, unit in enumerate(self.units):
+            if self._keeps_here(unit):
+                mask[i, 0] = True
+            if self._quantizes_here():
+                mask[i, k - 2 :] = True
+        return mask
+
     # --- budget guard ----------------------------------------------------------------------------
     def _most_compressed_rest(self) -> CompressionPolicy:
         keep, precision = dict(self._keep), dict(self._precision)
@@ -223,10 +234,10 @@ class CompressionEnv(gym.Env):
     def policy(self) -> CompressionPolicy:
         return CompressionPolicy(dict(self._keep), dict(self._precision))
 
-    def _finish(self) -> dict[str, Any]:
-        start = time.perf_counter()
+    def build_compressed(self, policy: CompressionPolicy, finetune_steps: int | None = None) -> Compressed:
+        """``policy`` applied the way an episode applies it: prune, recalibrate BN, (fine-tune), the deployable artifact."""
         ctx, config = self.ctx, self.config
-        policy = self.policy()
+        steps = config.finetune_steps if finetune_steps is None else finetune_steps
         compressed = compress(
             ctx.model, policy, ctx.example, ctx.calibration, build=False, structure=ctx.structure, round_to=config.round_to
         )
@@ -234,11 +245,17 @@ class CompressionEnv(gym.Env):
         if pruned and config.bn_batches:
             batches = ctx.data.loader("train", 64, shuffle=True, seed=config.seed)
             recalibrate_batch_norm(compressed.model, batches, max_batches=config.bn_batches)
-        if config.finetune_steps:
+        if steps:
             simulation = compressed.simulate(ctx.calibration)
-            finetune(compressed.model, ctx.data, steps=config.finetune_steps, lr=0.01, batch_size=64, seed=config.seed, progress=False)
+            finetune(compressed.model, ctx.data, steps=steps, lr=0.01, batch_size=64, seed=config.seed, progress=False)
             simulation.remove()
-        build(compressed, ctx.example, ctx.calibration)
+        return build(compressed, ctx.example, ctx.calibration)
+
+    def _finish(self) -> dict[str, Any]:
+        start = time.perf_counter()
+        ctx, config = self.ctx, self.config
+        policy = self.policy()
+        compressed = self.build_compressed(policy)
         artifact = compressed.artifact
         seconds_build = time.perf_counter() - start
         accuracy = ctx.accuracy(artifact.data)
@@ -273,7 +290,7 @@ class CompressionEnv(gym.Env):
             "macs_ratio": c.macs / ref.macs,
             "objective": config.objective,
             "target_ratio": config.target_ratio,
-            "within_budget": parts["cost_over_target"] <= 1.0,
+            "within_budget": bool(parts["cost_over_target"] <= 1.0),
             "seconds": {"build": seconds_build, "latency": time.perf_counter() - start_latency},
         }
 

@@ -12,8 +12,32 @@ REWARDS = ("galen", "constrained-soft", "constrained-hard", "amc")
 LATENCY_SOURCES = ("measure", "predict")
 
 
-class EnvConfigError(ValueError):
-    """A configuration value that is not allowed; the message names the field and the allowed values."""
+class ConfigError(ValueError):
+    """A configuration value that is not allowed; the message names the field and the allowed values.
+
+    ``field`` / ``value`` / ``allowed`` are kept so that an outer config (a search's YAML) can re-word it.
+    """
+
+    def __init__(self, where: str, name: str, value: Any, allowed: str, unknown: bool = False) -> None:
+        self.where, self.field, self.value, self.allowed, self.unknown = where, name, value, allowed, unknown
+        if unknown:
+            super().__init__(f"{where}: unknown field {name!r}; allowed fields: {allowed}")
+        else:
+            super().__init__(f"{where}: field '{name}' is {value!r}; allowed: {allowed}")
+
+    def reworded(self, where: str, prefix: str) -> ConfigError:
+        return type(self)(where, prefix + self.field, self.value, self.allowed, self.unknown)
+
+
+class EnvConfigError(ConfigError):
+    """A value of the env config that is not allowed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) == 1 and not kwargs:  # a free-form message (checkpoint/model mismatches)
+            self.where, self.field, self.value, self.allowed, self.unknown = "env config", "", None, "", False
+            ValueError.__init__(self, args[0])
+        else:
+            super().__init__(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -47,7 +71,7 @@ class EnvConfig:
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
-                raise EnvConfigError(f"env config: field '{name}' is {value!r}; allowed: {', '.join(allowed)}")
+                raise EnvConfigError("env config", name, value, ", ".join(allowed))
         ranges = {
             "target_ratio": (0 < self.target_ratio <= 1, "a number in (0, 1]"),
             "min_keep": (0 < self.min_keep <= 1, "a number in (0, 1]"),
@@ -61,7 +85,7 @@ class EnvConfig:
         }
         for name, (ok, allowed) in ranges.items():
             if not ok:
-                raise EnvConfigError(f"env config: field '{name}' is {getattr(self, name)!r}; allowed: {allowed}")
+                raise EnvConfigError("env config", name, getattr(self, name), allowed)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EnvConfig:
@@ -69,7 +93,7 @@ class EnvConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise EnvConfigError(f"env config: unknown field {unknown[0]!r}; allowed fields: {', '.join(sorted(known))}")
+            raise EnvConfigError("env config", unknown[0], data[unknown[0]], ", ".join(sorted(known)), unknown=True)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

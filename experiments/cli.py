@@ -8,8 +8,9 @@ import logging
 import sys
 from collections.abc import Callable
 
-from experiments import hardware, train
+from experiments import deploy, hardware, report, search, sweep, train
 from experiments.options import add_options, from_args
+from experiments.rundir import RunDirError
 from hardware.client import TargetUnavailableError
 from workloads.checkpoints import CheckpointError
 from workloads.models import ModelNotAvailableError
@@ -23,12 +24,21 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     ModelNotAvailableError,
     TargetUnavailableError,
+    RunDirError,
+    FileExistsError,
 )
 
 OUR_LOGGERS = ("galen", "workloads", "compression", "hardware", "envs", "agents", "experiments")
 
-DEMO_DEFAULTS = {"model": "resnet20", "dataset": "fashion-mnist", "epochs": 2}
-"""The embedded default of ``galen demo`` (until the search exists: train and evaluate the default base model)."""
+
+def _search(args: argparse.Namespace) -> None:
+    search.main(search.config_from_args(args), resume=args.resume, progress=args.progress, report=args.report)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """The built-in demo config, resumed when its run directory exists (a finished demo only reprints its summary)."""
+    args.config = None
+    search.main(search.config_from_args(args), resume=True, progress=args.progress, report=args.report)
 
 
 def _list_models(args: argparse.Namespace) -> None:
@@ -77,12 +87,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="the embedded default job: ResNet-20 on Fashion-MNIST",
-        description="Run the embedded default job. Until the compression search lands it trains "
-        "(or reuses) ResNet-20 on Fashion-MNIST for 2 epochs and evaluates it.",
+        help="the embedded default: SAC compresses ResNet-20 (Fashion-MNIST) to 25%% latency on this CPU",
+        description="Run the embedded default search (experiments/configs/demo.yaml): ResNet-20 on Fashion-MNIST (trained "
+        "and stored on first run), the joint pruning + int8 environment, SAC, target local-cpu at a 25%% latency budget. "
+        "Prints baseline vs best policy and writes the report and Pareto plot under runs/demo. Re-running continues or "
+        "re-reports the same run.",
     )
-    train.build_parser(p, DEMO_DEFAULTS)
-    p.set_defaults(handler=lambda a: train.main(from_args(train.TrainConfig, a)))
+    search.build_parser(p)
+    p.set_defaults(handler=_demo)
+
+    p = sub.add_parser("search", help="search a compression policy (RL agent or baseline) from a YAML config", description=search.__doc__)
+    search.build_parser(p)
+    p.set_defaults(handler=_search)
+
+    p = sub.add_parser("sweep", help="Ray Tune sweep of the agent's hyperparameters (ASHA + Optuna, W&B)", description=sweep.__doc__)
+    sweep.build_parser(p)
+    p.set_defaults(handler=lambda a: sweep.main(from_args(sweep.SweepConfig, a)))
+
+    p = sub.add_parser("report", help="Pareto plot, best policies and markdown summary of a run", description=report.__doc__)
+    report.build_parser(p)
+    p.set_defaults(handler=report.main)
+
+    p = sub.add_parser("export", help="deployable ONNX + policy JSON of a run's best (or chosen) policy", description=deploy.__doc__)
+    deploy.build_export_parser(p)
+    p.set_defaults(handler=lambda a: deploy.export(a.run, a.episode, a.out))
+
+    p = sub.add_parser("finetune", help="fully fine-tune a run's best (or chosen) policy", description=deploy.__doc__)
+    deploy.build_finetune_parser(p)
+    p.set_defaults(handler=lambda a: deploy.finetune_policy(a.run, a.episode, a.epochs, a.lr, a.out))
 
     p = sub.add_parser("models", help="list the registered models", description="List the model registry.")
     p.set_defaults(handler=_list_models)

@@ -9,6 +9,8 @@ Under Ray a ``local: true`` target (``local-cpu``) is measured by an actor on th
 the driver and ``ray job submit`` entrypoints run.
 
 The latency cache has one owner: a named actor on the head node holding the SQLite file.
+Both kinds are detached: whichever process creates one first (an env runner, a Tune trial, a
+driver), it serves the whole cluster until the cluster stops.
 """
 
 from __future__ import annotations
@@ -104,12 +106,20 @@ def latency_actor(target: HardwareTarget, node_id: str) -> ray.actor.ActorHandle
     """The (shared, named) latency actor of ``target`` on ``node_id``, created if it does not exist."""
     selector = {NODE_ID_LABEL: node_id} if target.local else {LABEL_KEY: target.name, NODE_ID_LABEL: node_id}
     return LatencyActor.options(
-        name=f"galen-latency:{target.name}:{node_id}", namespace=NAMESPACE, get_if_exists=True, label_selector=selector
+        name=f"galen-latency:{target.name}:{node_id}",
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        label_selector=selector,
+        lifetime="detached",  # shared by every job and trial; must not die with the env runner that created it
     ).remote()
 
 
 def cache_actor(path: str | Path | None = None) -> ray.actor.ActorHandle:
     """The cluster's cache owner on the head node, created with ``path`` (default under ``$GALEN_HOME``) if absent."""
     return LatencyCacheActor.options(
-        name=CACHE_ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True, label_selector={NODE_ID_LABEL: head_node_id()}
+        name=CACHE_ACTOR_NAME,
+        namespace=NAMESPACE,
+        get_if_exists=True,
+        label_selector={NODE_ID_LABEL: head_node_id()},
+        lifetime="detached",  # outlives the env runner or trial that happened to create it
     ).remote(str(path or default_cache_path()))

@@ -1,0 +1,141 @@
+"""Baselines on the same env and budget as the RL agents: uniform policies, random search, and TPE.
+
+- ``uniform``: one keep ratio and one precision everywhere, swept over a grid (keep ratios from
+  ``min_keep`` to 1 for every precision option), the classic hand-tuned baseline.
+- ``random``: every action uniformly random; episode i uses the generator seeded (seed, i), so a
+  resumed run continues the same sequence.
+- ``tpe``: black-box search over the policy vector (only the action dimensions the env uses) with
+  Ray Tune's Optuna searcher (TPE sampler). A resumed run hands the recorded (actions, reward)
+  pairs back to the searcher, so nothing already evaluated is lost or repeated.
+
+Each episode is one policy vector played through the env (one action per decision); the env's
+final ``info`` is recorded with the actions that produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from agents.recorder import EpisodeLog
+
+log = logging.getLogger(__name__)
+
+
+def play(env: Any, actions: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """One episode with a fixed (units, k) action matrix; returns the final info."""
+    env.reset(seed=seed)
+    for row in actions:
+        _, _, terminated, truncated, info = env.step(row)
+        if terminated or truncated:
+            return info
+    raise RuntimeError(f"the env did not end after {len(actions)} actions")
+
+
+def _option_action(index: int, count: int) -> float:
+    """The action in [0, 1] that selects option ``index`` of ``count`` (the middle of its bin)."""
+    return (index + 0.5) / count
+
+
+def uniform_grid(env: Any, episodes: int, steps: int = 0) -> list[np.ndarray]:
+    """Uniform policies: for each precision option, ``steps`` keep ratios from min_keep to 1 (all layers alike)."""
+    k = env.action_space.shape[0]
+    units = len(env.units)
+    precisions = len(env.ctx.weight_options) if k > 1 else 1
+    if env.kind == "quantize":
+        keeps = [1.0]
+    else:
+        steps = steps or max(1, math.ceil(episodes / precisions))
+        keeps = list(np.linspace(0.0, 1.0, steps)) if steps > 1 else [1.0]
+    grid = []
+    for p in range(precisions):
+        for keep in keeps:
+            row = [keep] if env.kind != "quantize" else []
+            if k > 1:
+                row += [_option_action(p, precisions)] * 2
+            grid.append(np.tile(np.array(row, np.float32), (units, 1)))
+    return grid
+
+
+def _random_actions(env: Any, seed: int, episode: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, episode])
+    return rng.uniform(0.0, 1.0, (len(env.units), env.action_space.shape[0])).astype(np.float32)
+
+
+class TPESearch:
+    """Optuna's TPE through Ray Tune's searcher interface, over the env's used action dimensions."""
+
+    def __init__(self, env: Any, seed: int, history: list[dict[str, Any]]) -> None:
+        import optuna
+        from ray import tune
+        from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.mask = env.action_mask()
+        self.shape = self.mask.shape
+        self.names = [f"u{i:03d}_d{d}" for i, d in zip(*np.nonzero(self.mask), strict=True)]
+        space = {name: tune.uniform(0.0, 1.0) for name in self.names}
+        points = [self._to_point(np.asarray(r["actions"], np.float32)) for r in history if "actions" in r]
+        rewards = [r["reward"] for r in history if "actions" in r]
+        self.searcher = OptunaSearch(
+            space=space,
+            metric="reward",
+            mode="max",
+            sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=10),
+            points_to_evaluate=points or None,
+            evaluated_rewards=rewards or None,
+        )
+        self._trial = 0
+
+    def _to_point(self, actions: np.ndarray) -> dict[str, float]:
+        return {name: float(v) for name, v in zip(self.names, actions[self.mask], strict=True)}
+
+    def ask(self) -> tuple[str, np.ndarray]:
+        trial_id = f"t{self._trial}"
+        self._trial += 1
+        point = self.searcher.suggest(trial_id)
+        actions = np.ones(self.shape, np.float32)  # unused dimensions: 1 (ignored by the env)
+        actions[self.mask] = [point[name] for name in self.names]
+        return trial_id, actions
+
+    def tell(self, trial_id: str, reward: float) -> None:
+        self.searcher.on_trial_complete(trial_id, {"reward": reward})
+
+
+def baseline_actions(method: str, env: Any, episodes: int, seed: int, done: int, uniform_steps: int = 0) -> Iterator[np.ndarray]:
+    """Action matrices for episodes ``done``, ``done + 1``, ... of a ``method`` run of ``episodes`` episodes."""
+    if method == "uniform":
+        yield from uniform_grid(env, episodes, uniform_steps)[done:episodes]
+    elif method == "random":
+        for i in range(done, episodes):
+            yield _random_actions(env, seed, i)
+    else:
+        raise ValueError(f"agent config: field 'algo' is {method!r}; baselines: uniform, random, tpe")
+
+
+def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: int, uniform_steps: int = 0, on_episode: Any = None) -> int:
+    """Play the baseline's remaining episodes (``episodes`` in all, counting those already in ``log_``); returns how many ran."""
+    done = log_.count()
+    ran = 0
+    if method == "tpe":
+        search = TPESearch(env, seed, log_.records)
+        for _ in range(done, episodes):
+            trial, actions = search.ask()
+            info = play(env, actions, seed)
+            record = log_.record(info, "tpe", {"actions": actions.tolist()})
+            search.tell(trial, info["reward"])
+            ran += 1
+            if on_episode:
+                on_episode(record)
+        return ran
+    for actions in baseline_actions(method, env, episodes, seed, done, uniform_steps):
+        info = play(env, actions, seed)
+        record = log_.record(info, method, {"actions": actions.tolist()})
+        ran += 1
+        if on_episode:
+            on_episode(record)
+    return ran

@@ -1,0 +1,104 @@
+"""The one typed configuration of a search agent: RL (SAC, PPO) or a baseline (uniform, random, TPE).
+
+Every field documents itself and, where a sweep may tune it, carries its Tune search-space entry
+(``metadata["space"]``), so ``galen sweep`` builds its default space from this class, not beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from envs.config import ConfigError
+
+RL_ALGOS = ("sac", "ppo")
+BASELINES = ("uniform", "random", "tpe")
+ALGOS = RL_ALGOS + BASELINES
+
+
+def _f(default: Any, doc: str, space: tuple | None = None) -> Any:
+    return field(default=default, metadata={"help": doc, **({"space": space} if space else {})})
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How the policy is searched. SAC is the maintained continuous-action successor of Galen's DDPG."""
+
+    algo: str = _f("sac", "sac | ppo (RLlib, new API stack) or a baseline: uniform | random | tpe")
+    lr: float = _f(3e-4, "actor learning rate (PPO: the learning rate)", ("loguniform", 1e-4, 3e-3))
+    critic_lr: float = _f(3e-4, "SAC critic learning rate", ("loguniform", 1e-4, 3e-3))
+    alpha_lr: float = _f(3e-4, "SAC entropy-temperature learning rate", ("loguniform", 1e-4, 3e-3))
+    gamma: float = _f(0.99, "discount; the reward comes at the episode's end", ("uniform", 0.9, 1.0))
+    tau: float = _f(0.01, "SAC target-network update rate", ("loguniform", 1e-3, 5e-2))
+    initial_alpha: float = _f(0.5, "SAC initial entropy temperature (high: explore longer)", ("loguniform", 0.05, 2.0))
+    train_batch_size: int = _f(64, "SAC transitions per update", ("choice", 32, 64, 128))
+    buffer_size: int = _f(20000, "SAC replay buffer capacity in transitions")
+    warmup_episodes: int = _f(10, "SAC: episodes of uniformly random actions before the first update")
+    updates_per_episode: int = _f(8, "SAC gradient updates per sampled episode", ("choice", 4, 8, 16))
+    hidden: tuple[int, ...] = _f((256, 256), "hidden layer sizes of the actor and critic MLPs")
+    episodes_per_iteration: int = _f(
+        4, "episodes per training iteration (PPO: its batch; checkpoints are per iteration)", ("choice", 2, 4, 8)
+    )
+    ppo_epochs: int = _f(8, "PPO: passes over each batch", ("choice", 4, 8, 16))
+    entropy_coeff: float = _f(0.01, "PPO: entropy bonus (keeps exploration from collapsing early)", ("loguniform", 1e-3, 5e-2))
+    env_runners: int = _f(1, "RLlib env runners (each holds one env: the model and its data)")
+    uniform_steps: int = _f(0, "uniform: keep ratios swept per precision (0: fit the episode budget)")
+
+    def __post_init__(self) -> None:
+        if self.algo not in ALGOS:
+            raise ConfigError("agent config", "algo", self.algo, ", ".join(ALGOS))
+        positive = ("lr", "critic_lr", "alpha_lr", "tau", "initial_alpha")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError("agent config", name, getattr(self, name), "a number > 0")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError("agent config", "gamma", self.gamma, "a number in (0, 1]")
+        at_least = {
+            "train_batch_size": 1,
+            "buffer_size": 100,
+            "warmup_episodes": 0,
+            "updates_per_episode": 1,
+            "episodes_per_iteration": 1,
+            "ppo_epochs": 1,
+            "env_runners": 0,
+            "uniform_steps": 0,
+        }
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError("agent config", name, value, f"an integer >= {low}")
+        if self.entropy_coeff < 0:
+            raise ConfigError("agent config", "entropy_coeff", self.entropy_coeff, "a number >= 0")
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError("agent config", "hidden", self.hidden, "a non-empty list of positive integers")
+
+    @property
+    def is_rl(self) -> bool:
+        return self.algo in RL_ALGOS
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None, where: str = "agent config") -> AgentConfig:
+        data = dict(data or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        for name in data:
+            if name not in known:
+                raise ConfigError(where, name, data[name], ", ".join(known), unknown=True)
+        if "hidden" in data and isinstance(data["hidden"], list):
+            data["hidden"] = tuple(data["hidden"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["hidden"] = list(self.hidden)
+        return data
+
+
+def search_space_defaults(algo: str) -> dict[str, tuple]:
+    """The fields a sweep tunes for ``algo`` by default, with their space (from the field metadata)."""
+    relevant = {
+        "sac": ("lr", "critic_lr", "alpha_lr", "gamma", "tau", "initial_alpha", "train_batch_size", "updates_per_episode"),
+        "ppo": ("lr", "gamma", "entropy_coeff", "episodes_per_iteration", "ppo_epochs"),
+    }.get(algo, ())
+    spaces = {f.name: f.metadata["space"] for f in dataclasses.fields(AgentConfig) if "space" in f.metadata}
+    return {name: spaces[name] for name in relevant}

@@ -1,0 +1,95 @@
+"""``galen export`` (the deployable ONNX + the policy JSON) and ``galen finetune`` (full fine-tune of a chosen policy).
+
+Both take a run directory and an episode (default: the run's best policy), rebuild the policy's
+model exactly as the episode did (same base model, pruning, batch-norm recalibration), and write
+into ``<run_dir>/export`` or ``<run_dir>/finetune``: ``model.onnx`` (int8 kernels where the policy
+quantizes), ``policy.json`` and a JSON with its test accuracy, latency on the target and size.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compression.finetune import finetune
+from compression.pipeline import build
+from compression.policy import CompressionPolicy
+from experiments.config import SearchConfig
+from experiments.results import evaluate, make_env, pick_episode, read_json, write_json
+from experiments.rundir import RunDir
+
+
+def _open(run_dir: str, episode: int | None) -> tuple[SearchConfig, Any, dict[str, Any]]:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
+    config = SearchConfig.from_yaml(path)
+    run = RunDir(run_dir)
+    record = pick_episode(run.episodes(), read_json(run.path / "best_policy.json"), episode)
+    return config, make_env(config), record
+
+
+def _write(out: Path, artifact: bytes, record: dict[str, Any], result: dict[str, Any], name: str) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "model.onnx").write_bytes(artifact)
+    policy = CompressionPolicy.from_dict(record["policy"])
+    (out / "policy.json").write_text(policy.to_json())
+    result = {**result, "episode": record["episode"], "source": record["source"], "val_accuracy_in_search": record["accuracy"]}
+    write_json(out / name, result)
+    return result
+
+
+def export(run_dir: str, episode: int | None = None, out: str | None = None) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    _, env, record = _open(run_dir, episode)
+    compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
+    result = evaluate(env, compressed.artifact.data)
+    target = Path(out) if out else Path(run_dir) / "export"
+    result = _write(target, compressed.artifact.data, record, result, "export.json")
+    print(
+        f"exported episode {record['episode']} to {target}/model.onnx: test accuracy {100 * result['test_accuracy']:.2f}%, "
+        f"latency {result['latency_ms']:.3f} ms ({100 * result['latency_ratio']:.1f}% of baseline), "
+        f"{result['artifact_bytes'] / 1024:.0f} KiB"
+    )
+    return result
+
+
+def finetune_policy(run_dir: str, episode: int | None = None, epochs: int = 1, lr: float = 0.01, out: str | None = None) -> dict[str, Any]:
+    """Fine-tune the chosen policy's pruned model for ``epochs`` on the training split, with simulated quantization."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    config, env, record = _open(run_dir, episode)
+    ctx = env.ctx
+    compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
+    before = evaluate(env, compressed.artifact.data)
+    simulation = compressed.simulate(ctx.calibration)
+    history = finetune(compressed.model, ctx.data, epochs=epochs, lr=lr, seed=config.seed, progress=True)
+    simulation.remove()
+    build(compressed, ctx.example, ctx.calibration)
+    after = evaluate(env, compressed.artifact.data)
+    result = {**after, "before": before, "epochs": epochs, "lr": lr, "train_seconds": history.seconds}
+    target = Path(out) if out else Path(run_dir) / "finetune"
+    result = _write(target, compressed.artifact.data, record, result, "finetune.json")
+    print(
+        f"fine-tuned episode {record['episode']} for {epochs} epoch(s): test accuracy {100 * before['test_accuracy']:.2f}% -> "
+        f"{100 * after['test_accuracy']:.2f}%, latency {after['latency_ms']:.3f} ms; written to {target}"
+    )
+    return result
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("--episode", type=int, default=None, help="episode number (default: the run's best policy)")
+    parser.add_argument("--out", default=None, help="output directory (default: <run>/export or <run>/finetune)")
+
+
+def build_export_parser(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+
+
+def build_finetune_parser(parser: argparse.ArgumentParser) -> None:
+    add_common(parser)
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs (default: 1)")
+    parser.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine schedule (default: 0.01)")

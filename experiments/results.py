@@ -1,0 +1,99 @@
+"""What a finished search hands back: the baseline against the best policy, on the test split, on the target.
+
+Used by ``galen search`` (its closing table and ``summary.json``), ``galen export`` and ``galen finetune``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from compression.export import evaluate_onnx
+from compression.policy import CompressionPolicy
+from envs import ENV_IDS
+from envs.compression_env import CompressionEnv
+from experiments.config import SearchConfig
+
+ENV_BY_KIND = {cls.kind: cls for cls in ENV_IDS.values()}
+
+
+def make_env(config: SearchConfig) -> CompressionEnv:
+    """The search's env in this process (builds or reuses the shared context: model, data, reference)."""
+    return ENV_BY_KIND[config.env.kind](config.env)
+
+
+def pick_episode(records: list[dict[str, Any]], best: dict[str, Any] | None, episode: int | None) -> dict[str, Any]:
+    """Episode ``episode`` of a run, or its best one."""
+    if episode is None:
+        if best is None:
+            raise ValueError("the run has no episodes yet")
+        return best
+    for record in records:
+        if record["episode"] == episode:
+            return record
+    raise ValueError(f"--episode {episode}: the run has episodes 0..{len(records) - 1}")
+
+
+def test_accuracy(env: CompressionEnv, artifact: bytes) -> float:
+    ctx = env.ctx
+    return evaluate_onnx(artifact, ctx.data.loader("test", 250), threads=1)
+
+
+def evaluate(env: CompressionEnv, artifact: bytes) -> dict[str, Any]:
+    """Test accuracy (ONNX Runtime), latency on the target (cache first) and size of one artifact."""
+    m = env.ctx.client.measure(artifact, env.ctx.reference)
+    return {
+        "test_accuracy": test_accuracy(env, artifact),
+        "latency_ms": m.candidate.median_ms,
+        "latency_ratio": m.ratio,
+        "reference_latency_ms": m.reference.median_ms if m.reference else None,
+        "artifact_bytes": len(artifact),
+    }
+
+
+def summarize(env: CompressionEnv, best: dict[str, Any]) -> dict[str, Any]:
+    """Baseline (the uncompressed model's artifact) vs the best policy: accuracy, latency, size."""
+    policy = CompressionPolicy.from_dict(best["policy"])
+    compressed = env.build_compressed(policy)
+    baseline = evaluate(env, env.ctx.reference)
+    found = evaluate(env, compressed.artifact.data)
+    baseline.update(val_accuracy=env.ctx.reference_accuracy, macs=env.ctx.reference_costs.macs, latency_ratio=1.0)
+    found.update(val_accuracy=best["accuracy"], macs=compressed.costs.macs, episode=best["episode"], source=best["source"])
+    return {
+        "baseline": baseline,
+        "best": found,
+        "within_budget": best["within_budget"],
+        "target_ratio": best["target_ratio"],
+        "objective": best["objective"],
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    b, f = summary["baseline"], summary["best"]
+    rows = [
+        ("", "baseline", f"best policy (episode {f['episode']}, {f['source']})"),
+        ("test accuracy", f"{100 * b['test_accuracy']:.2f}%", f"{100 * f['test_accuracy']:.2f}%"),
+        ("validation accuracy", f"{100 * b['val_accuracy']:.2f}%", f"{100 * f['val_accuracy']:.2f}%"),
+        ("latency (median)", f"{b['latency_ms']:.3f} ms", f"{f['latency_ms']:.3f} ms ({100 * f['latency_ratio']:.1f}% of baseline)"),
+        ("MACs", f"{b['macs'] / 1e6:.1f} M", f"{f['macs'] / 1e6:.1f} M"),
+        ("artifact size", f"{b['artifact_bytes'] / 1024:.0f} KiB", f"{f['artifact_bytes'] / 1024:.0f} KiB"),
+        (
+            f"budget ({summary['objective']})",
+            f"{100 * summary['target_ratio']:.0f}% of baseline",
+            "met" if summary["within_budget"] else "NOT met (the policy with the best reward shown)",
+        ),
+    ]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}}  {b_:<{w1}}  {c}" for a, b_, c in rows)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    from agents.recorder import dumps, write_atomic
+
+    write_atomic(path, dumps(data, indent=1))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,238 @@
+"""Search a compression policy: ``galen search --config <yaml>`` / ``python -m experiments.search --config <yaml>``.
+
+RL agents (SAC, PPO) train with RLlib on Ray; baselines (uniform, random, TPE) play their policies
+in this process. Every finished episode is in ``<run_dir>/episodes.jsonl`` before the next starts;
+agents are checkpointed every ``checkpoint_every`` iterations, and ``--resume`` continues a stopped
+run (SIGTERM, SIGKILL, a crash) from its last checkpoint, numbering episodes on from the last one
+written. At the end the best policy is compared with the baseline on the test split and the
+target, and the report (``report/report.md``, ``report/pareto.png``) is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from agents.recorder import EpisodeLog
+from experiments import cluster
+from experiments.config import SearchConfig, builtin_config
+from experiments.results import format_summary, make_env, read_json, summarize, write_json
+from experiments.rundir import RunDir
+
+log = logging.getLogger("galen.search")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM: stop like Ctrl-C (the run resumes from its last checkpoint)."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. inside a Tune trial): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _bar(total: int, initial: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="ep", disable=not enabled, dynamic_ncols=True)
+
+
+def _postfix(summary: dict[str, Any]) -> str:
+    within = "within budget" if summary["best_within_budget"] else "over budget"
+    return (
+        f"reward(10) {summary['reward_mean_10']:.3f} | best acc {100 * summary['best_accuracy']:.1f}% "
+        f"at {100 * summary['best_cost_ratio']:.0f}% cost ({within}) | pareto {summary['pareto_size']}"
+    )
+
+
+def _wandb_options(config: SearchConfig, run: RunDir) -> dict[str, Any] | None:
+    if not config.wandb.get("project"):
+        return None
+    run_id = hashlib.sha1(str(run.path).encode()).hexdigest()[:12]  # the same W&B run on resume
+    return {**config.wandb, "name": config.name, "id": run_id, "config": config.to_dict()}
+
+
+# --- RL -------------------------------------------------------------------------------------------
+def save_checkpoint(algo: Any, run: RunDir, iteration: int, episodes: int, algo_name: str, obs_dim: int, action_dim: int) -> None:
+    from agents.policy_net import export_actor
+
+    tmp, final = run.new_checkpoint_dir(iteration)
+    algo.save_to_path(str(tmp / "rllib"))
+    export_actor(algo.get_module(), algo_name, tmp, obs_dim, action_dim)
+    write_json(tmp / "progress.json", {"iteration": iteration, "episodes": episodes, "time": time.time()})
+    run.commit_checkpoint(tmp, final)
+    run.set_state(iterations=iteration, checkpoint=final.name, episodes=episodes)
+
+
+def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_iteration: Any = None) -> None:
+    """Train the RL agent until the run holds ``config.episodes`` episodes; then play its deterministic policy once."""
+    import ray
+
+    from agents.policy_net import ActorNet, rollout
+    from agents.recorder import start_recorder
+    from agents.rllib import build_algo_config
+
+    name = f"galen-recorder:{hashlib.sha1(str(run.path).encode()).hexdigest()[:10]}:{os.getpid()}"
+    recorder = start_recorder(name, run.path, _wandb_options(config, run))
+    obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    algo_config = build_algo_config(config.agent, type(env), config.env.to_dict(), len(env.units), config.seed, name)
+    algo = algo_config.build_algo()
+    try:
+        iteration = 0
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is not None:
+            algo.restore_from_path(str(checkpoint / "rllib"))
+            iteration = int(checkpoint.name.split("_")[1])
+            log.info("resumed the agent from %s (iteration %d)", checkpoint, iteration)
+        count = ray.get(recorder.count.remote())
+        with _bar(config.episodes, min(count, config.episodes), f"{config.agent.algo} search", progress) as bar:
+            while count < config.episodes:
+                algo.train()
+                iteration += 1
+                new_count = ray.get(recorder.count.remote())
+                summary = ray.get(recorder.summary.remote())
+                bar.update(min(new_count, config.episodes) - min(count, config.episodes))
+                bar.set_postfix_str(_postfix(summary))
+                count = new_count
+                if iteration % config.checkpoint_every == 0 or count >= config.episodes:
+                    save_checkpoint(algo, run, iteration, count, config.agent.algo, obs_dim, action_dim)
+                if on_iteration is not None:
+                    on_iteration(iteration, summary, run.latest_checkpoint())
+        final = run.latest_checkpoint()
+        source = f"{config.agent.algo}-deterministic"
+        done = any(r.get("source") == source and r.get("iteration") == iteration for r in run.episodes())
+        if final is not None and not done:
+            # The final policy, read out of the checkpoint without Ray: deterministic actions through the env.
+            info = rollout(env, ActorNet(final), seed=config.seed)
+            ray.get(recorder.record.remote(info, source, {"iteration": iteration, "checkpoint": final.name}))
+    finally:
+        algo.stop()
+        with contextlib.suppress(Exception):
+            ray.get(recorder.close.remote())
+            ray.kill(recorder)
+
+
+# --- baselines --------------------------------------------------------------------------------------
+def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -> None:
+    from agents.baselines import run_baseline
+
+    episode_log = EpisodeLog(run.path, _wandb_options(config, run))
+    try:
+        with _bar(config.episodes, min(episode_log.count(), config.episodes), f"{config.agent.algo} baseline", progress) as bar:
+
+            def tick(record: dict[str, Any]) -> None:
+                bar.update(1)
+                bar.set_postfix_str(_postfix(episode_log.summary()))
+
+            run_baseline(config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick)
+    finally:
+        episode_log.close()
+
+
+# --- the entry point ---------------------------------------------------------------------------------
+def main(config: SearchConfig, resume: bool = False, progress: bool = True, report: bool = True) -> dict[str, Any]:
+    """Run (or resume) a search; returns the summary (baseline vs best policy)."""
+    torch.set_num_threads(1)  # the driver: RLlib iterations measured 10x slower with torch's default threads
+    run = RunDir.open(config, resume)
+    log.info("run directory: %s", run.path)
+    started = time.time()
+    log.info(
+        "preparing the %s environment: %s on %s, target %s ...", config.env.kind, config.env.model, config.env.dataset, config.env.target
+    )
+    env = make_env(config)
+    env.reset(seed=config.seed)  # computes (or loads) the sensitivity once, here, before env runners need it
+    owns_ray = cluster.connect()
+    try:
+        run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)
+        with _sigterm_interrupts():
+            if config.agent.is_rl:
+                run_rl(config, run, env, progress)
+            else:
+                run_baselines(config, run, env, progress)
+        run.set_state(status="finished", seconds=time.time() - started)
+        return finish(config, run, env, report)  # under Ray: the latency client's actors are still there
+    except KeyboardInterrupt:
+        run.set_state(status="interrupted")
+        log.warning("interrupted; continue with: galen search --config %s --resume", run.path / "config.yaml")
+        raise
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def finish(config: SearchConfig, run: RunDir, env: Any, report: bool = True) -> dict[str, Any]:
+    best = read_json(run.path / "best_policy.json")
+    if best is None:
+        raise RuntimeError(f"{run.path}: no episode finished")
+    summary = summarize(env, best)
+    write_json(run.path / "summary.json", summary)
+    print(format_summary(summary))
+    if report:
+        from experiments.report import write_report
+
+        paths = write_report(run.path)
+        print(f"report: {paths['markdown']}\nPareto plot: {paths['pareto']}")
+    return summary
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="galen search", description=__doc__)
+    parser.add_argument("--config", required=False, default=None, help="search config YAML (default: the built-in demo.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in the config's run_dir (starts it when there is none)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field, e.g. --set agent.lr=1e-3 (repeatable)"
+    )
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    parser.add_argument("--no-report", dest="report", action="store_false", help="skip writing the report")
+    return parser
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE, e.g. agent.lr=1e-3")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> SearchConfig:
+    path = args.config or builtin_config("demo")
+    return SearchConfig.from_yaml(path, parse_overrides(args.set))
+
+
+def run(argv: list[str] | None = None) -> int:
+    """``python -m experiments.search`` (what ``ray job submit`` runs): the same as ``galen search``."""
+    from experiments.cli import main as cli_main
+
+    return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,183 @@
+"""Sweep an RL agent's hyperparameters with Ray Tune: ``galen sweep --config <search yaml>``.
+
+Each trial is one search (the config's env, budget and episode count) with its own agent
+hyperparameters, in its own run directory inside the trial's directory (episodes.jsonl, Pareto set,
+agent checkpoints). Trials report after every training iteration; ASHA stops the weak ones early;
+an Optuna (TPE) searcher proposes the next hyperparameters. The search space is built from the
+agent config's field metadata (``agents.config``), narrowed with ``--params``. W&B logging goes
+through Ray's ``WandbLoggerCallback`` (offline unless ``WANDB_API_KEY`` is set; ``wandb sync``
+uploads later). ``--resume`` continues a stopped sweep (``Tuner.restore``); each unfinished trial
+continues from its last agent checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agents.config import search_space_defaults
+from envs.config import ConfigError
+from experiments import cluster
+from experiments.config import SearchConfig, merge
+from experiments.options import add_options, option
+
+METRICS = ("reward_mean_10", "best_reward", "best_accuracy")
+
+
+@dataclass
+class SweepConfig:
+    """How the hyperparameter sweep runs (the search itself comes from --config)."""
+
+    config: str | None = option(None, "search config YAML the trials share (default: the built-in demo.yaml)")
+    name: str = option("sweep", "sweep name (the Tune experiment's directory name)")
+    storage: str = option("runs/sweeps", "where sweeps are written (Tune's storage path)")
+    trials: int = option(8, "trials (hyperparameter samples)")
+    max_concurrent: int = option(1, "trials at once (each needs 1 + env_runners CPUs)")
+    params: str | None = option(None, "comma-separated agent fields to tune (default: the algorithm's usual set)")
+    metric: str = option("reward_mean_10", "what ASHA and the searcher maximise", choices=METRICS)
+    grace_period: int = option(2, "ASHA: iterations every trial runs before it may be stopped")
+    reduction_factor: int = option(2, "ASHA: keep 1/reduction_factor of the trials at each rung")
+    episodes: int | None = option(None, "episodes per trial (default: the search config's)")
+    env_runners: int | None = option(None, "env runners per trial (default: the search config's; 0 samples in the trial's process)")
+    wandb_project: str | None = option(None, "W&B project (default: the search config's wandb.project; none: no W&B)")
+    resume: bool = option(False, "continue the sweep of this name in storage")
+    seed: int = option(0, "searcher seed")
+
+
+def param_space(algo: str, params: str | None) -> dict[str, Any]:
+    from ray import tune
+
+    defaults = search_space_defaults(algo)
+    if not defaults:
+        raise ConfigError("sweep", "agent.algo", algo, "sac, ppo (baselines have no hyperparameters to sweep)")
+    names = [p.strip() for p in params.split(",")] if params else list(defaults)
+    from agents.config import AgentConfig
+
+    spaces = {f.name: f.metadata.get("space") for f in AgentConfig.__dataclass_fields__.values()}
+    space = {}
+    for name in names:
+        if not spaces.get(name):
+            tunable = ", ".join(n for n, s in spaces.items() if s)
+            raise ConfigError("sweep", "params", name, tunable)
+        kind, *args = spaces[name]
+        space[name] = {"loguniform": tune.loguniform, "uniform": tune.uniform}[kind](*args) if kind != "choice" else tune.choice(list(args))
+    return space
+
+
+def trial(params: dict[str, Any], base: dict[str, Any]) -> None:
+    """One Tune trial: a search with ``params`` as agent fields, reporting per training iteration."""
+    from ray import tune
+
+    from experiments.results import make_env
+    from experiments.rundir import RunDir
+    from experiments.search import run_rl
+
+    torch.set_num_threads(1)
+    trial_dir = Path(tune.get_context().get_trial_dir())
+    config = SearchConfig.from_dict(merge(base, {"agent": params, "run_dir": str(trial_dir / "run"), "wandb": {}}))
+    run = RunDir.open(config, resume=True)
+    env = make_env(config)
+    env.reset(seed=config.seed)
+
+    def report(iteration: int, summary: dict[str, Any], checkpoint: Path | None) -> None:
+        metrics = {k: float(v) for k, v in summary.items()}
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+
+    run_rl(config, run, env, progress=False, on_iteration=report)
+
+
+def _wandb_callback(project: str | None, name: str) -> list[Any]:
+    if not project:
+        return []
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    os.environ.setdefault("WANDB_MODE", mode)  # the callback's logging actors inherit the driver's environment
+    return [WandbLoggerCallback(project=project, group=name, mode=mode, log_config=True)]
+
+
+def main(sweep: SweepConfig) -> Any:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from experiments.config import builtin_config
+
+    torch.set_num_threads(1)
+    base_config = SearchConfig.from_yaml(sweep.config or builtin_config("demo"))
+    changes: dict[str, Any] = {}
+    if sweep.episodes is not None:
+        changes["episodes"] = sweep.episodes
+    if sweep.env_runners is not None:
+        changes["agent.env_runners"] = sweep.env_runners
+    base_config = base_config.replace(**changes)
+    if not base_config.agent.is_rl:
+        raise ConfigError("sweep", "agent.algo", base_config.agent.algo, "sac, ppo (baselines have no hyperparameters to sweep)")
+    base = base_config.to_dict()
+    space = param_space(base_config.agent.algo, sweep.params)
+    storage = Path(sweep.storage).resolve()
+    path = storage / sweep.name
+    owns_ray = cluster.connect()
+    try:
+        trainable = tune.with_resources(
+            tune.with_parameters(trial, base=base),
+            tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": 1}] * base_config.agent.env_runners),
+        )
+        if sweep.resume:
+            if not tune.Tuner.can_restore(str(path)):
+                raise FileNotFoundError(f"--resume: no sweep to continue in {path}")
+            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, resume_unfinished=True)
+        else:
+            if path.exists() and any(path.iterdir()):
+                raise FileExistsError(f"sweep {path} exists; pass --resume to continue it, or choose another --name")
+            searcher = ConcurrencyLimiter(OptunaSearch(seed=sweep.seed), max_concurrent=sweep.max_concurrent)
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                grace_period=sweep.grace_period,
+                reduction_factor=sweep.reduction_factor,
+                max_t=10_000,
+            )
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    metric=sweep.metric, mode="max", search_alg=searcher, scheduler=scheduler, num_samples=sweep.trials
+                ),
+                run_config=tune.RunConfig(
+                    name=sweep.name,
+                    storage_path=str(storage),
+                    callbacks=_wandb_callback(sweep.wandb_project or base_config.wandb.get("project"), sweep.name),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=1,
+                ),
+            )
+        results = tuner.fit()
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    _print_results(results, sweep.metric, path)
+    return results
+
+
+def _print_results(results: Any, metric: str, path: Path) -> None:
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        rows.append((m.get(metric, float("nan")), m.get("episodes", 0), m.get("best_accuracy", float("nan")), r.config, r.path))
+    rows.sort(key=lambda row: -row[0] if row[0] == row[0] else float("inf"))
+    print(f"sweep {path}: {len(rows)} trials, by {metric}")
+    for value, episodes, acc, config, trial_path in rows:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
+        print(f"  {metric}={value:.4f}  episodes={int(episodes)}  best acc={100 * acc:.1f}%  {params}\n    {trial_path}/run")
+
+
+def build_parser(parser: argparse.ArgumentParser) -> None:
+    add_options(parser, SweepConfig)

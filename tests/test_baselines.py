@@ -1,0 +1,61 @@
+"""Baselines on the real env: uniform grids, seeded random search, and TPE through Ray Tune's Optuna searcher."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.baselines import TPESearch, run_baseline, uniform_grid
+from agents.recorder import EpisodeLog, read_episodes
+from envs import JointEnv, PruneEnv
+
+
+@pytest.fixture(scope="module")
+def env_config(trained_resnet20) -> dict:
+    return {"checkpoint": str(trained_resnet20.path), "val_size": 200, "sensitivity_images": 64, "calibration_images": 64}
+
+
+def test_uniform_grid_sweeps_one_ratio_and_precision_everywhere(env_config) -> None:
+    env = JointEnv(env_config)
+    grid = uniform_grid(env, episodes=6)
+    assert len(grid) == 6  # 3 keep ratios x (int8, fp32)
+    for actions in grid:
+        assert actions.shape == (len(env.units), 3)
+        assert np.all(actions == actions[0])  # the same decision at every layer
+    assert sorted({float(a[0, 0]) for a in grid}) == [0.0, 0.5, 1.0]
+    assert sorted({float(a[0, 1]) for a in grid}) == [0.25, 0.75]  # the middle of the int8 and fp32 bins
+    assert len(uniform_grid(PruneEnv(env_config), episodes=4)) == 4
+
+
+def test_uniform_and_random_baselines_record_episodes_and_resume(env_config, tmp_path) -> None:
+    env = JointEnv(env_config)
+    log = EpisodeLog(tmp_path / "uniform")
+    assert run_baseline("uniform", env, log, episodes=2, seed=0) == 2
+    records = read_episodes(tmp_path / "uniform")
+    assert [r["source"] for r in records] == ["uniform", "uniform"]
+    # keep 0 (min_keep everywhere) and int8: far smaller than keep 1 / int8
+    assert records[0]["macs_ratio"] < 0.2 < records[1]["macs_ratio"]
+
+    first = EpisodeLog(tmp_path / "random")
+    run_baseline("random", env, first, episodes=2, seed=3)
+    resumed = EpisodeLog(tmp_path / "random")
+    assert run_baseline("random", env, resumed, episodes=3, seed=3) == 1  # only the missing episode
+    fresh = EpisodeLog(tmp_path / "random-fresh")
+    run_baseline("random", env, fresh, episodes=3, seed=3)
+    # the resumed run played exactly the actions an uninterrupted run plays
+    assert [r["actions"] for r in read_episodes(tmp_path / "random")] == [r["actions"] for r in read_episodes(tmp_path / "random-fresh")]
+
+
+def test_tpe_searches_only_the_used_action_dimensions_and_resumes_from_history(env_config, tmp_path) -> None:
+    env = JointEnv(env_config)
+    mask = env.action_mask()
+    assert mask[:, 1:].all()  # precision is decided at every layer
+    assert mask[:, 0].sum() == len(env.ctx.structure.groups)  # a keep ratio only at each group's first layer
+    search = TPESearch(env, seed=0, history=[])
+    assert len(search.names) == int(mask.sum())
+    log = EpisodeLog(tmp_path / "tpe")
+    assert run_baseline("tpe", env, log, episodes=2, seed=0) == 2
+    records = read_episodes(tmp_path / "tpe")
+    assert all(r["source"] == "tpe" and len(r["actions"]) == len(env.units) for r in records)
+    resumed = TPESearch(env, seed=0, history=records)
+    assert len(resumed.searcher._ot_study.trials) == 2  # the recorded episodes are the searcher's history

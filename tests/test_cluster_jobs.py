@@ -1,0 +1,119 @@
+"""A Tune sweep with ASHA and W&B (offline), and ``ray job submit`` against a real local head."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from agents.recorder import read_episodes
+from tests.test_search_runs import REPO, write_config
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        **extra,
+    }
+
+
+def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet20) -> None:
+    agent = {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}
+    config = write_config(tmp_path, trained_resnet20.path, "trial", agent, episodes=3)
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.cli",
+        "sweep",
+        "--config",
+        str(config),
+        "--name",
+        "sw",
+        "--storage",
+        str(tmp_path / "sweeps"),
+        "--trials",
+        "2",
+        "--grace-period",
+        "1",
+        "--params",
+        "lr,gamma",
+        "--wandb-project",
+        "galen-test",
+    ]
+    out = subprocess.run(command, cwd=tmp_path, env=_env(WANDB_MODE="offline"), capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "2 trials, by reward_mean_10" in out.stdout
+    trials = [p for p in (tmp_path / "sweeps" / "sw").iterdir() if p.is_dir() and (p / "run").is_dir()]
+    assert len(trials) == 2
+    for trial in trials:
+        assert len(read_episodes(trial / "run")) >= 1
+        params = json.loads((trial / "params.json").read_text())
+        assert set(params) == {"lr", "gamma"}
+    offline = list(tmp_path.rglob("offline-run-*"))
+    assert len(offline) >= 2, sorted(str(p) for p in tmp_path.rglob("wandb"))
+    assert all(any(p.glob("*.wandb")) for p in offline)
+
+
+def test_ray_job_submit_on_a_local_head(tmp_path, trained_resnet20) -> None:
+    temp = Path(tempfile.mkdtemp(prefix="gj-", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
+    port, dashboard = _free_port(), _free_port()
+    env = _env(GALEN_HOME=os.environ["GALEN_HOME"])
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp}"]
+        + ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--disable-usage-stats"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline, "the local head did not come up"
+                assert head.poll() is None, "ray start --head exited"
+                time.sleep(1)
+        config = write_config(tmp_path, trained_resnet20.path, "job", {"algo": "random"}, episodes=3)
+        data = yaml.safe_load(config.read_text())
+        submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--"]
+        entry = ["python", "-m", "experiments.search", "--config", str(config), "--no-progress"]
+        out = subprocess.run(submit + entry, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "succeeded" in out.stdout
+        run_dir = Path(data["run_dir"])
+        assert [r["episode"] for r in read_episodes(run_dir)] == [0, 1, 2]
+        assert json.loads((run_dir / "state.json").read_text())["status"] == "finished"
+        assert (run_dir / "summary.json").exists() and (run_dir / "report" / "pareto.png").exists()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops the processes it started; never `ray stop`
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -1,0 +1,112 @@
+"""Search configs and the episode log: exact messages for bad input, and the log's guarantees (no Ray, no model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agents.config import AgentConfig, search_space_defaults
+from agents.recorder import EpisodeLog, pareto_front, read_episodes
+from envs.config import ConfigError
+from experiments.config import SearchConfig, builtin_config
+from experiments.rundir import RunDir, RunDirError
+
+
+def test_demo_config_is_valid_and_matches_the_issue() -> None:
+    config = SearchConfig.from_yaml(builtin_config("demo"))
+    assert (config.env.model, config.env.dataset, config.env.kind, config.env.target) == ("resnet20", "fashion-mnist", "joint", "local-cpu")
+    assert (config.agent.algo, config.env.objective, config.env.target_ratio) == ("sac", "latency", 0.25)
+    assert config.env.train_base is True
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"agent": {"algo": "ddpg"}}, "search config: field 'agent.algo' is 'ddpg'; allowed: sac, ppo, uniform, random, tpe"),
+        (
+            {"env": {"reward": "best"}},
+            "search config: field 'env.reward' is 'best'; allowed: galen, constrained-soft, constrained-hard, amc",
+        ),
+        ({"env": {"kind": "distill"}}, "search config: field 'env.kind' is 'distill'; allowed: prune, quantize, joint"),
+        ({"env": {"target_ratio": 1.5}}, r"search config: field 'env.target_ratio' is 1.5; allowed: a number in \(0, 1\]"),
+        ({"workload": {"base_epochs": 0}}, "search config: field 'workload.base_epochs' is 0; allowed: an integer >= 1"),
+        ({"episodes": 0}, "search config: field 'episodes' is 0; allowed: an integer >= 1"),
+        ({"agent": {"gamma": 0}}, r"search config: field 'agent.gamma' is 0; allowed: a number in \(0, 1\]"),
+        ({"agent": {"warmup_episodes": -1}}, "search config: field 'agent.warmup_episodes' is -1; allowed: an integer >= 0"),
+        ({"agnet": {}}, "search config: unknown field 'agnet'; allowed fields: name, run_dir, episodes"),
+        ({"env": {"model": "resnet20"}}, "search config: unknown field 'env.model'; allowed fields: env.kind, env.target"),
+        ({"agent": {"learning_rate": 1}}, "search config: unknown field 'agent.learning_rate'; allowed fields: algo, lr"),
+        ({"wandb": {"mode": "cloud"}}, "search config: field 'wandb.mode' is 'cloud'; allowed: online, offline, disabled"),
+    ],
+)
+def test_bad_search_configs_name_the_field_and_the_allowed_values(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        SearchConfig.from_dict(data)
+
+
+def test_yaml_errors_name_the_file(tmp_path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agent: [unclosed\n")
+    with pytest.raises(ValueError, match=f"search config: {bad} is not valid YAML"):
+        SearchConfig.from_yaml(bad)
+    with pytest.raises(FileNotFoundError, match="search config: no such file"):
+        SearchConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_overrides_and_round_trip(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nagent: {algo: ppo}\n")
+    config = SearchConfig.from_yaml(path, {"agent.lr": 0.001, "env.target_ratio": 0.5})
+    assert (config.agent.algo, config.agent.lr, config.env.target_ratio, config.run_dir) == ("ppo", 0.001, 0.5, "runs/x")
+    assert SearchConfig.from_dict(config.to_dict()) == config
+
+
+def test_sweep_space_comes_from_the_agent_config_fields() -> None:
+    space = search_space_defaults("sac")
+    assert space["lr"] == ("loguniform", 1e-4, 3e-3)
+    assert "entropy_coeff" not in space and "entropy_coeff" in search_space_defaults("ppo")
+    assert AgentConfig.from_dict({"hidden": [32, 32]}).hidden == (32, 32)
+
+
+def _info(accuracy: float, cost: float, target: float = 0.5) -> dict:
+    return {
+        "reward": accuracy - 5 * abs(cost / target - 1),
+        "accuracy": accuracy,
+        "cost_ratio": cost,
+        "cost_over_target": cost / target,
+        "within_budget": cost <= target,
+        "policy": {"schema_version": 1, "keep": {}, "precision": {}},
+    }
+
+
+def test_episode_log_numbers_pareto_best_and_torn_lines(tmp_path) -> None:
+    log = EpisodeLog(tmp_path)
+    log.record(_info(0.9, 0.8), "sac")  # over budget
+    log.record(_info(0.7, 0.4), "sac")  # within
+    log.record(_info(0.8, 0.45), "sac")  # within, better
+    log.record(_info(0.6, 0.6), "sac")  # dominated by #2
+    assert [r["episode"] for r in read_episodes(tmp_path)] == [0, 1, 2, 3]
+    best = json.loads((tmp_path / "best_policy.json").read_text())
+    assert best["episode"] == 2
+    front = json.loads((tmp_path / "pareto.json").read_text())
+    assert [r["episode"] for r in front] == [1, 2, 0]
+    assert pareto_front(read_episodes(tmp_path)) == front
+    # A run killed in the middle of a write leaves a torn line: it is dropped and numbering goes on.
+    with open(tmp_path / "episodes.jsonl", "a") as f:
+        f.write('{"episode": 4, "sour')
+    reopened = EpisodeLog(tmp_path)
+    assert reopened.count() == 4
+    assert reopened.record(_info(0.5, 0.3), "sac")["episode"] == 4
+    assert [r["episode"] for r in read_episodes(tmp_path)] == [0, 1, 2, 3, 4]
+    assert reopened.best["episode"] == 2
+
+
+def test_run_dir_refuses_to_overwrite_and_to_resume_a_different_config(tmp_path) -> None:
+    config = SearchConfig.from_dict({"run_dir": str(tmp_path / "run"), "episodes": 5})
+    RunDir.open(config, resume=False)
+    with pytest.raises(RunDirError, match="already holds a run .0 episodes.; pass --resume to continue it"):
+        RunDir.open(config, resume=False)
+    RunDir.open(config.replace(episodes=9), resume=True)  # more episodes: allowed
+    with pytest.raises(RunDirError, match="--resume: agent.lr is 0.001 but the run in .* used 0.0003"):
+        RunDir.open(config.replace(**{"agent.lr": 0.001}), resume=True)
