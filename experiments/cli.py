@@ -37,7 +37,6 @@ def _search(args: argparse.Namespace) -> None:
 
 def _demo(args: argparse.Namespace) -> None:
     """The built-in demo config, resumed when its run directory exists (a finished demo only reprints its summary)."""
-    args.config = None
     search.main(search.config_from_args(args), resume=True, progress=args.progress, report=args.report)
 
 
@@ -89,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="the embedded default: SAC compresses ResNet-20 (Fashion-MNIST) to 25%% latency on this CPU",
         description="Run the embedded default search (experiments/configs/demo.yaml): ResNet-20 on Fashion-MNIST (trained "
-        "and stored on first run), the joint pruning + int8 environment, SAC, target local-cpu at a 25%% latency budget. "
+        "and stored on first run), the joint pruning + int8 environment, SAC, target local-cpu at a 25% latency budget. "
         "Prints baseline vs best policy and writes the report and Pareto plot under runs/demo. Re-running continues or "
         "re-reports the same run.",
     )

@@ -11,7 +11,7 @@ from experiments import cli
 from experiments.train import TrainConfig, main
 
 GALEN = shutil.which("galen", path=str(Path(sys.executable).parent))
-SUBCOMMANDS = ["train", "demo", "models", "datasets", "checkpoints", "hardware"]
+SUBCOMMANDS = ["train", "demo", "search", "sweep", "report", "export", "finetune", "models", "datasets", "checkpoints", "hardware"]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in SUBCOMMANDS)])
@@ -27,7 +27,9 @@ def test_help_shows_each_config_field_with_its_default() -> None:
     assert "--epochs EPOCHS       training epochs (default: 5)" in text
     assert "--progress, --no-progress" in text
     demo = cli.build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
-    assert "training epochs (default: 2)" in demo
+    assert "25% latency budget" in " ".join(demo.split())
+    sweep = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["sweep"].format_help().split())
+    assert "--trials TRIALS trials (hyperparameter samples) (default: 8)" in sweep
 
 
 def test_train_command_trains_then_reuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
