@@ -102,7 +102,11 @@ def test_ray_job_submit_on_a_local_head(tmp_path, trained_resnet20) -> None:
         data = yaml.safe_load(config.read_text())
         submit = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO), "--"]
         entry = ["python", "-m", "experiments.search", "--config", str(config), "--no-progress"]
-        out = subprocess.run(submit + entry, env=env, capture_output=True, text=True, timeout=600)
+        for _ in range(12):  # the dashboard answers before the node's job agent is up ("No available agent")
+            out = subprocess.run(submit + entry, env=env, capture_output=True, text=True, timeout=600)
+            if "No available agent" not in out.stdout + out.stderr:
+                break
+            time.sleep(5)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "succeeded" in out.stdout
         run_dir = Path(data["run_dir"])
