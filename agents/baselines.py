@@ -14,7 +14,6 @@ final ``info`` is recorded with the actions that produced it.
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -22,8 +21,6 @@ from typing import Any
 import numpy as np
 
 from agents.recorder import EpisodeLog
-
-log = logging.getLogger(__name__)
 
 
 def play(env: Any, actions: np.ndarray, seed: int = 0) -> dict[str, Any]:

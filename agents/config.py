@@ -100,5 +100,10 @@ def search_space_defaults(algo: str) -> dict[str, tuple]:
         "sac": ("lr", "critic_lr", "alpha_lr", "gamma", "tau", "initial_alpha", "train_batch_size", "updates_per_episode"),
         "ppo": ("lr", "gamma", "entropy_coeff", "episodes_per_iteration", "ppo_epochs"),
     }.get(algo, ())
-    spaces = {f.name: f.metadata["space"] for f in dataclasses.fields(AgentConfig) if "space" in f.metadata}
+    spaces = tunable_spaces()
     return {name: spaces[name] for name in relevant}
+
+
+def tunable_spaces() -> dict[str, tuple]:
+    """Every agent field a sweep may tune, with its space ``(kind, *args)`` from the field metadata."""
+    return {f.name: f.metadata["space"] for f in dataclasses.fields(AgentConfig) if "space" in f.metadata}

@@ -57,9 +57,7 @@ class SearchConfig:
         workload = _section(data, "workload", WORKLOAD_FIELDS)
         env = _section(data, "env", ENV_FIELDS)
         wandb = _section(data, "wandb", WANDB_FIELDS)
-        seed = data.get("seed", 0)
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ConfigError(WHERE, "seed", seed, "an integer >= 0")
+        seed = _integer(data, "seed", 0, 0)
         env_data = {**workload, **env, "seed": seed}
         try:
             env_config = EnvConfig.from_dict(env_data)
@@ -72,12 +70,8 @@ class SearchConfig:
             agent = AgentConfig.from_dict(data.get("agent"))
         except ConfigError as error:
             raise error.reworded(WHERE, "agent.") from None
-        episodes = data.get("episodes", 60)
-        if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes < 1:
-            raise ConfigError(WHERE, "episodes", episodes, "an integer >= 1")
-        every = data.get("checkpoint_every", 1)
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ConfigError(WHERE, "checkpoint_every", every, "an integer >= 1")
+        episodes = _integer(data, "episodes", 60, 1)
+        every = _integer(data, "checkpoint_every", 1, 1)
         if wandb.get("mode") is not None and wandb["mode"] not in WANDB_MODES:
             raise ConfigError(WHERE, "wandb.mode", wandb["mode"], ", ".join(WANDB_MODES))
         for name in ("name", "run_dir"):
@@ -122,6 +116,13 @@ class SearchConfig:
 
     def replace(self, **changes: Any) -> SearchConfig:
         return SearchConfig.from_dict(merge(self.to_dict(), changes))
+
+
+def _integer(data: dict[str, Any], name: str, default: int, low: int) -> int:
+    value = data.get(name, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ConfigError(WHERE, name, value, f"an integer >= {low}")
+    return value
 
 
 def _check_keys(data: dict[str, Any], allowed: tuple[str, ...], prefix: str) -> None:

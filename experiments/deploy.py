@@ -59,7 +59,6 @@ def export(run_dir: str, episode: int | None = None, out: str | None = None) -> 
 
 def finetune_policy(run_dir: str, episode: int | None = None, epochs: int = 1, lr: float = 0.01, out: str | None = None) -> dict[str, Any]:
     """Fine-tune the chosen policy's pruned model for ``epochs`` on the training split, with simulated quantization."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     config, env, record = _open(run_dir, episode)
     ctx = env.ctx
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from agents.recorder import EPISODES, read_episodes, write_atomic
+from agents.recorder import read_episodes, write_atomic
 from experiments.config import SearchConfig
 
 KEEP_CHECKPOINTS = 2
@@ -83,10 +83,6 @@ class RunDir:
 
     def episodes(self) -> list[dict[str, Any]]:
         return read_episodes(self.path)
-
-    @property
-    def episodes_file(self) -> Path:
-        return self.path / EPISODES
 
     # --- checkpoints ------------------------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:

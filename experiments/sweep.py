@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from agents.config import search_space_defaults
+from agents.config import search_space_defaults, tunable_spaces
 from envs.config import ConfigError
 from experiments import cluster
 from experiments.config import SearchConfig, merge
@@ -56,14 +56,11 @@ def param_space(algo: str, params: str | None) -> dict[str, Any]:
     if not defaults:
         raise ConfigError("sweep", "agent.algo", algo, "sac, ppo (baselines have no hyperparameters to sweep)")
     names = [p.strip() for p in params.split(",")] if params else list(defaults)
-    from agents.config import AgentConfig
-
-    spaces = {f.name: f.metadata.get("space") for f in AgentConfig.__dataclass_fields__.values()}
+    spaces = tunable_spaces()
     space = {}
     for name in names:
-        if not spaces.get(name):
-            tunable = ", ".join(n for n, s in spaces.items() if s)
-            raise ConfigError("sweep", "params", name, tunable)
+        if name not in spaces:
+            raise ConfigError("sweep", "params", name, ", ".join(spaces))
         kind, *args = spaces[name]
         space[name] = {"loguniform": tune.loguniform, "uniform": tune.uniform}[kind](*args) if kind != "choice" else tune.choice(list(args))
     return space
