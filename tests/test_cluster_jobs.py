@@ -66,10 +66,13 @@ def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet2
     assert "2 trials, by reward_mean_10" in out.stdout
     trials = [p for p in (tmp_path / "sweeps" / "sw").iterdir() if p.is_dir() and (p / "run").is_dir()]
     assert len(trials) == 2
+    sampled = []
     for trial in trials:
         assert len(read_episodes(trial / "run")) >= 1
-        params = json.loads((trial / "params.json").read_text())
-        assert set(params) == {"lr", "gamma"}
+        agent_config = yaml.safe_load((trial / "run" / "config.yaml").read_text())["agent"]  # the trial's own snapshot
+        sampled.append((agent_config["lr"], agent_config["gamma"]))
+        assert 1e-4 <= agent_config["lr"] <= 3e-3 and 0.9 <= agent_config["gamma"] <= 1.0
+    assert sampled[0] != sampled[1], "the searcher gave both trials the same hyperparameters"
     offline = list(tmp_path.rglob("offline-run-*"))
     assert len(offline) >= 2, sorted(str(p) for p in tmp_path.rglob("wandb"))
     assert all(any(p.glob("*.wandb")) for p in offline)
