@@ -136,6 +136,15 @@ HEADER = (
 )
 
 
+def _searched(episodes: list[dict[str, Any]]) -> int:
+    return sum(1 for e in episodes if not e["source"].endswith("-deterministic"))
+
+
+def _readouts(episodes: list[dict[str, Any]]) -> str:
+    n = len(episodes) - _searched(episodes)
+    return f" (+{n} deterministic read-out of the final policy)" if n else ""
+
+
 def markdown(runs: list[dict[str, Any]], top: int = 10) -> str:
     main = runs[0]
     c = main["config"]
@@ -145,7 +154,8 @@ def markdown(runs: list[dict[str, Any]], top: int = 10) -> str:
         f"- workload: {c['workload']['model']} on {c['workload']['dataset']}",
         f"- env: {c['env']['kind']}, target `{c['env']['target']}`, objective {c['env']['objective']}, "
         f"budget {100 * c['env']['target_ratio']:.0f}%, reward `{c['env']['reward']}`",
-        f"- agent: {c['agent']['algo']}; episodes recorded: {len(main['episodes'])} of {c['episodes']}; "
+        f"- agent: {c['agent']['algo']}; episodes: {_searched(main['episodes'])} of {c['episodes']}"
+        f"{_readouts(main['episodes'])}; "
         f"status: {main['state'].get('status', 'unknown')}",
         "",
     ]
@@ -162,7 +172,13 @@ def markdown(runs: list[dict[str, Any]], top: int = 10) -> str:
             f"| best (episode {f['episode']}, {f['source']}) | {100 * f['test_accuracy']:.2f} | {f['latency_ms']:.3f} | "
             f"{100 * f['latency_ratio']:.1f} | {f['macs'] / 1e6:.1f} | {f['artifact_bytes'] / 1024:.0f} |",
             "",
-            f"Budget {'met' if s['within_budget'] else 'NOT met'}.",
+            f"Budget {'met' if s['within_budget'] else 'NOT met'}."
+            + (
+                f" The lowest cost any episode reached was {100 * s['lowest_cost_ratio']:.1f}% of the baseline "
+                f"(budget {100 * s['target_ratio']:.0f}%); the Pareto front below shows what is reachable."
+                if not s["within_budget"] and s.get("lowest_cost_ratio") is not None
+                else ""
+            ),
             "",
         ]
     within = sorted((e for e in main["episodes"] if e["within_budget"]), key=lambda e: -e["accuracy"])[:top]

@@ -52,8 +52,11 @@ def evaluate(env: CompressionEnv, artifact: bytes) -> dict[str, Any]:
     }
 
 
-def summarize(env: CompressionEnv, best: dict[str, Any]) -> dict[str, Any]:
-    """Baseline (the uncompressed model's artifact) vs the best policy: accuracy, latency, size."""
+def summarize(env: CompressionEnv, best: dict[str, Any], episodes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Baseline (the uncompressed model's artifact) vs the best policy: accuracy, latency, size.
+
+    With the run's ``episodes``, also the lowest cost any episode reached (how far an unmet budget was).
+    """
     policy = CompressionPolicy.from_dict(best["policy"])
     compressed = env.build_compressed(policy)
     baseline = evaluate(env, env.ctx.reference)
@@ -66,6 +69,7 @@ def summarize(env: CompressionEnv, best: dict[str, Any]) -> dict[str, Any]:
         "within_budget": best["within_budget"],
         "target_ratio": best["target_ratio"],
         "objective": best["objective"],
+        "lowest_cost_ratio": min((e["cost_ratio"] for e in episodes), default=None) if episodes else None,
     }
 
 
@@ -86,7 +90,15 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
-    return "\n".join(f"{a:<{w0}}  {b_:<{w1}}  {c}" for a, b_, c in rows)
+    text = "\n".join(f"{a:<{w0}}  {b_:<{w1}}  {c}" for a, b_, c in rows)
+    lowest = summary.get("lowest_cost_ratio")
+    if not summary["within_budget"] and lowest is not None:
+        text += (
+            f"\nno episode met the budget: the lowest cost reached was {100 * lowest:.1f}% of baseline "
+            f"(budget {100 * summary['target_ratio']:.0f}%). If even the most compressed policies stay above it, the budget "
+            "is out of reach for this model on this target; the report's Pareto front shows what is reachable."
+        )
+    return text
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from agents.recorder import EpisodeLog
+from agents.recorder import EpisodeLog, read_episodes
 from experiments import cluster
 from experiments.config import SearchConfig, builtin_config
 from experiments.results import format_summary, make_env, read_json, summarize, write_json
@@ -187,7 +187,7 @@ def finish(config: SearchConfig, run: RunDir, env: Any, report: bool = True) -> 
     best = read_json(run.path / "best_policy.json")
     if best is None:
         raise RuntimeError(f"{run.path}: no episode finished")
-    summary = summarize(env, best)
+    summary = summarize(env, best, read_episodes(run.path))
     write_json(run.path / "summary.json", summary)
     print(format_summary(summary))
     if report:
