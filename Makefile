@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs
+.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs bench-galen
 
 setup: $(STAMP) dataset
 
@@ -42,3 +42,7 @@ bench-hardware: setup
 
 bench-envs: setup
 	$(BIN)/python -m bench.envs
+
+# Galen's experiment on this CPU (hours; resumable: re-run continues where it stopped)
+bench-galen: setup
+	$(BIN)/python -m bench.galen

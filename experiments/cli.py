@@ -32,12 +32,12 @@ OUR_LOGGERS = ("galen", "workloads", "compression", "hardware", "envs", "agents"
 
 
 def _search(args: argparse.Namespace) -> None:
-    search.main(search.config_from_args(args), resume=args.resume, progress=args.progress, report=args.report)
+    search.main(search.config_from_args(args), resume=args.resume, progress=args.progress, report=args.report, summary=args.summary)
 
 
 def _demo(args: argparse.Namespace) -> None:
     """The built-in demo config, resumed when its run directory exists (a finished demo only reprints its summary)."""
-    search.main(search.config_from_args(args), resume=True, progress=args.progress, report=args.report)
+    search.main(search.config_from_args(args), resume=True, progress=args.progress, report=args.report, summary=args.summary)
 
 
 def _list_models(args: argparse.Namespace) -> None:

@@ -151,8 +151,8 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
 
 
 # --- the entry point ---------------------------------------------------------------------------------
-def main(config: SearchConfig, resume: bool = False, progress: bool = True, report: bool = True) -> dict[str, Any]:
-    """Run (or resume) a search; returns the summary (baseline vs best policy)."""
+def main(config: SearchConfig, resume: bool = False, progress: bool = True, report: bool = True, summary: bool = True) -> dict[str, Any]:
+    """Run (or resume) a search; returns the summary (baseline vs best policy; empty with ``summary=False``)."""
     torch.set_num_threads(1)  # the driver: RLlib iterations measured 10x slower with torch's default threads
     run = RunDir.open(config, resume)
     log.info("run directory: %s", run.path)
@@ -171,6 +171,8 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
             else:
                 run_baselines(config, run, env, progress)
         run.set_state(status="finished", seconds=time.time() - started)
+        if not summary:
+            return {}
         return finish(config, run, env, report)  # under Ray: the latency client's actors are still there
     except KeyboardInterrupt:
         run.set_state(status="interrupted")
@@ -207,6 +209,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     parser.add_argument("--no-report", dest="report", action="store_false", help="skip writing the report")
+    parser.add_argument(
+        "--no-summary", dest="summary", action="store_false", help="skip the closing summary (test-set evaluation) and the report"
+    )
     return parser
 
 

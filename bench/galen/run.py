@@ -1,0 +1,343 @@
+"""Run the Galen benchmark: train the base model, run every search, score, re-measure, fine-tune, write.
+
+Phases (each resumable; run the same command again to continue):
+
+1. base model: ResNet-56 (``--model``) on Fashion-MNIST, trained by the platform and stored;
+2. searches: one ``galen search`` run per (method, budget, seed) of ``bench.galen.plan``, ``--jobs``
+   at a time, each in its own process and run directory (stopped runs resume from their last
+   checkpoint; finished ones are skipped);
+3. final measurements, alone on the machine: the core's peak fp32/int8 throughput; per run and
+   budget the best policy (most accurate within budget; else the cheapest) rebuilt, exported and
+   re-timed interleaved with the reference without the latency cache; per method and budget the
+   best of the seeds fine-tuned for a fixed number of steps (the same for every method) and
+   scored on the test split before and after;
+4. ``RESULTS.md``, plots and the raw per-episode data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.recorder import dumps, read_episodes, write_atomic
+from bench.galen import analysis
+from bench.galen.plan import METHODS, Run, budget_tag, plan, search_config
+
+ROOT = Path(__file__).parent
+REPO = ROOT.parent.parent
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.galen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="resnet56", help="base model (default: resnet56)")
+    p.add_argument("--base-epochs", type=int, default=5, help="epochs of the base model's training recipe (default: 5)")
+    p.add_argument("--budgets", default="0.2,0.5,0.1", help="latency budgets, fractions of the uncompressed latency (default: 0.2,0.5,0.1)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"methods (default: all: {', '.join(METHODS)})")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3; the uniform grid is deterministic: 1)")
+    p.add_argument("--episodes", type=int, default=200, help="episodes per run, the same for every method (default: 200)")
+    p.add_argument("--val-size", type=int, default=500, help="validation images scored per episode (default: 500)")
+    p.add_argument("--finetune-steps", type=int, default=200, help="SGD steps (batch 128) of the fixed fine-tune (default: 200)")
+    p.add_argument("--jobs", type=int, default=2, help="searches at once (latency timings stay serialised by the device lock)")
+    p.add_argument("--out", default=str(ROOT), help="where runs/, RESULTS.md, plots/ and data/ go (default: bench/galen)")
+    p.add_argument("--stop-after", type=float, default=None, help="minutes: stop starting new searches after this long (resume later)")
+    p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only: the searches, or scoring and writing")
+    args = p.parse_args(argv)
+    try:
+        args.budgets = [float(b) for b in args.budgets.split(",")]
+    except ValueError:
+        p.error(f"--budgets {args.budgets!r}: expected comma-separated fractions, e.g. 0.2,0.1")
+    if not all(0 < b <= 1 for b in args.budgets):
+        p.error(f"--budgets {args.budgets}: each must be in (0, 1]")
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        args.runs = plan(args.methods, args.budgets, args.seeds)
+    except ValueError as error:
+        p.error(str(error))
+    args.out = Path(args.out).resolve()
+    return args
+
+
+# --- phase 1: the base model ------------------------------------------------------------------------
+
+
+def base_model(args: argparse.Namespace) -> dict[str, Any]:
+    from workloads.base import obtain_base_model
+    from workloads.training import Recipe
+
+    base = obtain_base_model(args.model, "fashion-mnist", Recipe(epochs=args.base_epochs), 0, train=True)
+    return {"path": str(base.path), "reused": base.reused, **{k: base.meta.get(k) for k in ("test_acc", "epochs", "parameters")}}
+
+
+# --- phase 2: the searches ----------------------------------------------------------------------------
+
+
+def status(run: Run, out: Path) -> str:
+    state = run.run_dir(out) / "state.json"
+    return json.loads(state.read_text()).get("status", "unknown") if state.exists() else "new"
+
+
+def _episodes_done(run: Run, out: Path) -> int:
+    path = run.run_dir(out) / "episodes.jsonl"
+    if not path.exists():
+        return 0
+    with path.open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
+def run_searches(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
+    """Run (or resume) every unfinished search, ``args.jobs`` at a time; returns the failures."""
+    from tqdm import tqdm
+
+    todo = [r for r in args.runs if status(r, args.out) != "finished"]
+    total = len(args.runs) * args.episodes
+    done = lambda: sum(min(_episodes_done(r, args.out), args.episodes) for r in args.runs)  # noqa: E731
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    running: dict[Run, subprocess.Popen] = {}
+    failures: list[str] = []
+    started = time.monotonic()
+    bar = tqdm(total=total, initial=done(), unit="ep", desc=f"searches ({len(todo)} of {len(args.runs)} to run)", dynamic_ncols=True)
+
+    def launch(run: Run) -> None:
+        config = search_config(run, args.out, model=args.model, checkpoint=base["path"], episodes=args.episodes, val_size=args.val_size)
+        path = args.out / "configs" / f"{run.label.replace('/', '--')}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, yaml.safe_dump(config, sort_keys=False))
+        command = [sys.executable, "-m", "experiments.search", "--config", str(path), "--resume", "--no-progress", "--no-summary"]
+        log = (logs / f"{run.label.replace('/', '--')}.log").open("ab")
+        running[run] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    try:
+        while todo or running:
+            out_of_time = args.stop_after is not None and time.monotonic() - started > 60 * args.stop_after
+            while todo and len(running) < args.jobs and not out_of_time:
+                launch(todo.pop(0))
+            time.sleep(5)
+            for run, process in list(running.items()):
+                if process.poll() is not None:
+                    del running[run]
+                    if process.returncode != 0 or status(run, args.out) != "finished":
+                        failures.append(f"{run.label}: exit {process.returncode}; see {logs / (run.label.replace('/', '--') + '.log')}")
+            bar.set_postfix_str(f"running: {', '.join(r.label for r in running)}")
+            bar.update(done() - bar.n)
+            if out_of_time and not running:
+                break
+    finally:
+        for process in running.values():  # a stopped benchmark: the searches checkpoint and stop (SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM)
+        for process in running.values():
+            process.wait()
+        bar.close()
+    return failures
+
+
+# --- phase 3: scoring and final measurements --------------------------------------------------------
+
+
+def _macs_by_precision(compressed: Any) -> tuple[int, int]:
+    """(fp32 MACs, int8 MACs) of a compressed model: int8 kernels run where weights and activations are 8-bit."""
+    fp32 = int8 = 0
+    for layer in compressed.structure.layers:
+        p = compressed.policy.precision_of(layer.name)
+        if p.weight_bits <= 8 and p.activation_bits <= 8:
+            int8 += layer.macs
+        else:
+            fp32 += layer.macs
+    return fp32, int8
+
+
+class Finalizer:
+    """Re-measures and fine-tunes chosen policies, remembering results in ``final.json`` (resumable)."""
+
+    def __init__(self, args: argparse.Namespace, base: dict[str, Any], peak: dict[str, Any]) -> None:
+        self.args, self.base, self.peak = args, base, peak
+        self.path = args.out / "runs" / "final.json"
+        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.envs: dict[int, Any] = {}
+
+    def _env(self, seed: int) -> Any:
+        from envs import JointEnv
+
+        if seed not in self.envs:
+            self.envs[seed] = JointEnv(
+                {"model": self.args.model, "checkpoint": self.base["path"], "val_size": self.args.val_size, "seed": seed}
+            )
+        return self.envs[seed]
+
+    def _save(self) -> None:
+        write_atomic(self.path, dumps(self.done, indent=1))
+
+    def remeasure(self, key: str, seed: int, record: dict[str, Any]) -> dict[str, Any]:
+        """The policy rebuilt and exported, timed against the reference without the cache; its latency floor."""
+        if key in self.done:
+            return self.done[key]
+        from bench.galen.peak import floor_ms
+        from compression.policy import CompressionPolicy
+        from hardware.protocol import device_lock, measure
+
+        env = self._env(seed)
+        compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
+        with device_lock(env.ctx.target.name):
+            m = measure(compressed.artifact.data, env.ctx.target, env.ctx.reference)
+        fp32, int8 = _macs_by_precision(compressed)
+        ref_fp32 = env.ctx.reference_costs.macs
+        self.done[key] = {
+            "latency_ms": m.candidate.median_ms,
+            "reference_ms": m.reference.median_ms,
+            "ratio": m.ratio,
+            "spread": m.spread,
+            "macs_fp32": fp32,
+            "macs_int8": int8,
+            "floor_ms": floor_ms(fp32, int8, self.peak),
+            "floor_ratio": floor_ms(fp32, int8, self.peak) / m.reference.median_ms,
+            "reference_floor_ratio": floor_ms(ref_fp32, 0, self.peak) / m.reference.median_ms,
+            "artifact_bytes": len(compressed.artifact.data),
+        }
+        self._save()
+        return self.done[key]
+
+    def finetune(self, key: str, seed: int, record: dict[str, Any]) -> dict[str, Any]:
+        """The fixed fine-tune (``--finetune-steps`` SGD steps with simulated quantization): test accuracy before and after."""
+        if key in self.done:
+            return self.done[key]
+        import torch
+
+        from compression.finetune import finetune
+        from compression.pipeline import build
+        from compression.policy import CompressionPolicy
+        from experiments.results import test_accuracy
+
+        env = self._env(seed)
+        ctx = env.ctx
+        compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
+        before = test_accuracy(env, compressed.artifact.data)
+        torch.set_num_threads(os.cpu_count() or 1)
+        started = time.perf_counter()
+        simulation = compressed.simulate(ctx.calibration)
+        finetune(compressed.model, ctx.data, steps=self.args.finetune_steps, lr=0.01, seed=0, progress=False)
+        simulation.remove()
+        build(compressed, ctx.example, ctx.calibration)
+        seconds = time.perf_counter() - started
+        torch.set_num_threads(1)
+        after = test_accuracy(env, compressed.artifact.data)
+        self.done[key] = {"test_before": before, "test_after": after, "steps": self.args.finetune_steps, "seconds": seconds}
+        self._save()
+        return self.done[key]
+
+    def reference_test_accuracy(self) -> float:
+        if "reference" not in self.done:
+            from experiments.results import test_accuracy
+
+            env = self._env(0)
+            self.done["reference"] = {"test_accuracy": test_accuracy(env, env.ctx.reference), "val_accuracy": env.ctx.reference_accuracy}
+            self._save()
+        return self.done["reference"]["test_accuracy"]
+
+
+def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
+    """Score every run under every budget it is scored against; re-measure and fine-tune the chosen policies."""
+    from tqdm import tqdm
+
+    from bench.galen.peak import matmul_peak
+
+    peak = matmul_peak()
+    final = Finalizer(args, base, peak)
+    reference_test = final.reference_test_accuracy()
+    rows: dict[str, dict[str, Any]] = {}  # f"{budget_tag}/{method}" -> per-seed scores
+    jobs = [(run, budget) for run in args.runs for budget in run.scored_budgets]
+    for run, budget in tqdm(jobs, desc="scoring and re-measuring", unit="run", dynamic_ncols=True):
+        records = read_episodes(run.run_dir(args.out)) if run.run_dir(args.out).exists() else []
+        scored = analysis.score(records, budget, args.episodes)
+        scored["status"] = status(run, args.out)
+        chosen = analysis.best_within(analysis.searched(records, args.episodes), budget) or analysis.lowest_cost(
+            analysis.searched(records, args.episodes)
+        )
+        if chosen is not None and scored["status"] == "finished":
+            scored["remeasured"] = final.remeasure(f"{run.label}/{budget_tag(budget)}/e{chosen['episode']}", run.seed, chosen)
+            scored["_record"] = chosen
+        rows.setdefault(f"{budget_tag(budget)}/{run.method}", {})[str(run.seed)] = scored
+    for key, seeds in tqdm(rows.items(), desc="fixed fine-tune of each method's best", unit="method", dynamic_ncols=True):
+        budget = float(key.split("/")[0][1:]) / 100
+        candidates = [(s, v) for s, v in seeds.items() if v.get("_record") is not None and v["best"] is not None]
+        if not candidates:
+            continue
+        seed, best = max(candidates, key=lambda sv: sv[1]["best"]["accuracy"])
+        record = best["_record"]
+        seeds[seed]["finetuned"] = final.finetune(f"{key}/seed{seed}/e{record['episode']}/ft{args.finetune_steps}", int(seed), record)
+        seeds[seed]["finetuned"]["budget"] = budget
+    for seeds in rows.values():
+        for v in seeds.values():
+            v.pop("_record", None)
+    return {"peak": peak, "reference_test_accuracy": reference_test, "reference": final.done.get("reference"), "rows": rows}
+
+
+def export_episodes(args: argparse.Namespace) -> Path:
+    """Every run's per-episode records without the per-layer policy, one gzipped JSON line each."""
+    keep = ("episode", "source", "time", "reward", "accuracy", "cost_ratio", "latency_ms", "latency_cached", "macs", "bops")
+    keep += ("artifact_bytes", "target_ratio", "within_budget")
+    path = args.out / "data" / "episodes.jsonl.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt") as handle:
+        for run in args.runs:
+            if run.run_dir(args.out).exists():
+                for r in read_episodes(run.run_dir(args.out)):
+                    handle.write(
+                        json.dumps({"run": run.label, "method": run.method, "seed": run.seed, **{k: r.get(k) for k in keep}}) + "\n"
+                    )
+    tmp.replace(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.galen.write import write_results
+    from experiments.cluster import quiet_ray
+
+    args = parse_args(argv)
+    quiet_ray()
+    import torch
+
+    torch.set_num_threads(1)
+    base = base_model(args)
+    print(f"base model: {args.model}, {base['epochs']} epochs, test accuracy {100 * base['test_acc']:.2f}% ({base['path']})")
+    failures: list[str] = []
+    if args.only != "write":
+        failures = run_searches(args, base)
+        for failure in failures:
+            print(f"FAILED {failure}", file=sys.stderr)
+    if args.only == "search":
+        return 1 if failures else 0
+    unfinished = [r.label for r in args.runs if status(r, args.out) != "finished"]
+    results = collect(args, base)
+    results.update(base=base, unfinished=unfinished, config=_config_of(args))
+    write_atomic(args.out / "results.json", dumps(results, indent=1))
+    data = export_episodes(args)
+    path = write_results(args.out, results)
+    print(f"{path}; raw episodes: {data}; {len(args.runs) - len(unfinished)} of {len(args.runs)} runs finished")
+    return 1 if failures else 0
+
+
+def _config_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model,
+        "base_epochs": args.base_epochs,
+        "budgets": args.budgets,
+        "methods": args.methods,
+        "seeds": args.seeds,
+        "episodes": args.episodes,
+        "val_size": args.val_size,
+        "finetune_steps": args.finetune_steps,
+        "jobs": args.jobs,
+        "runs": [r.label for r in args.runs],
+    }

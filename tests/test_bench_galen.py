@@ -1,0 +1,99 @@
+"""The Galen benchmark's plan, scoring and peak microbenchmark, and a tiny end-to-end run on ResNet-20."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+
+import pytest
+
+from bench.galen import analysis
+from bench.galen.peak import floor_ms, matmul_peak
+from bench.galen.plan import plan
+
+
+def _rec(episode: int, accuracy: float, cost: float, t: float, cached: bool = False, source: str = "sac") -> dict:
+    return {"episode": episode, "source": source, "accuracy": accuracy, "cost_ratio": cost, "time": t, "latency_cached": cached}
+
+
+def test_plan_shares_reward_blind_methods_and_runs_the_grid_once() -> None:
+    runs = plan(["sac-joint", "uniform", "random"], [0.2, 0.1], seeds=2)
+    labels = [r.label for r in runs]
+    assert labels == [
+        "sac-joint/b20/seed0",
+        "uniform/shared/seed0",
+        "random/shared/seed0",
+        "sac-joint/b10/seed0",
+        "sac-joint/b20/seed1",
+        "random/shared/seed1",
+        "sac-joint/b10/seed1",
+    ]
+    shared = next(r for r in runs if r.method == "random")
+    assert shared.scored_budgets == (0.2, 0.1) and shared.budget == 0.2
+    with pytest.raises(ValueError, match="unknown method 'dqn'; allowed: sac-joint, sac-prune"):
+        plan(["dqn"], [0.2], 1)
+
+
+def test_scoring_best_within_budget_reach_and_pauses() -> None:
+    records = [
+        _rec(0, 0.50, 0.30, 100.0),
+        _rec(1, 0.60, 0.18, 110.0, cached=True),
+        _rec(2, 0.70, 0.19, 120.0),
+        _rec(3, 0.90, 0.40, 1000.0),  # after a pause (a resumed run): counted as a typical 10 s
+        _rec(4, 0.72, 0.20, 1010.0, cached=True),
+        _rec(5, 0.10, 0.05, 1020.0, source="sac-deterministic"),  # the read-out: not a searched episode
+    ]
+    s = analysis.score(records, 0.2)
+    assert s["episodes"] == 5 and s["within"] == 3
+    assert s["best"]["episode"] == 4 and s["best"]["accuracy"] == 0.72
+    assert s["lowest_cost"]["episode"] == 1
+    assert s["reach_episodes"] == 3  # 0.70 >= 0.95 * 0.72
+    assert s["reach_seconds"] == pytest.approx(30.0)  # typical step 10 s for the first episode, then 10 + 10
+    assert s["wall_seconds"] == pytest.approx(50.0)
+    assert s["cache_hit_rate"] == pytest.approx(0.4)
+    assert math.isnan(s["best_so_far"][0]) and s["best_so_far"][1:] == [0.60, 0.70, 0.70, 0.72]
+    assert analysis.score(records, 0.1)["best"] is None and analysis.score(records, 0.1)["reach_episodes"] is None
+    assert [r["episode"] for r in analysis.pareto(analysis.searched(records))] == [1, 2, 4, 3]
+    assert analysis.score(records, 0.2, episodes=2)["best"]["episode"] == 1
+
+
+def test_peak_throughput_and_floor() -> None:
+    peak = matmul_peak(n=256, repeats=5, warmup=1)
+    for kind in ("fp32", "int8"):
+        assert 1e8 < peak[kind]["macs_per_s"] < 1e13, peak
+    assert floor_ms(peak["fp32"]["macs_per_s"] / 1e3, 0, peak) == pytest.approx(1.0)
+    assert floor_ms(0, peak["int8"]["macs_per_s"] / 1e3, peak) == pytest.approx(1.0)
+
+
+def test_tiny_benchmark_end_to_end(tmp_path, trained_resnet20, monkeypatch) -> None:
+    from bench.galen import run as bench_run
+
+    monkeypatch.setattr(bench_run, "base_model", lambda args: {"path": str(trained_resnet20.path), "test_acc": 0.9, "epochs": 1})
+    argv = ["--model", "resnet20", "--methods", "random,uniform,tpe", "--budgets", "0.5,0.3", "--seeds", "1", "--episodes", "3"]
+    argv += ["--val-size", "100", "--finetune-steps", "2", "--jobs", "2", "--out", str(tmp_path)]
+    assert bench_run.main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["unfinished"] == []
+    assert sorted(results["rows"]) == ["b30/random", "b30/tpe", "b30/uniform", "b50/random", "b50/tpe", "b50/uniform"]
+    random50 = results["rows"]["b50/random"]["0"]
+    assert random50["episodes"] == 3 and random50["status"] == "finished"
+    assert 0 < random50["remeasured"]["ratio"] < 1.5 and random50["remeasured"]["floor_ratio"] < random50["remeasured"]["ratio"]
+    # the random run is shared: the same episodes scored against both budgets
+    assert results["rows"]["b30/random"]["0"]["lowest_cost"] == random50["lowest_cost"]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Budget 50%" in text and "## Budget 30%" in text and "random search" in text and "AMC" in text
+    assert (tmp_path / "plots" / "episodes_b50.png").stat().st_size > 10_000
+    with gzip.open(tmp_path / "data" / "episodes.jsonl.gz", "rt") as handle:
+        lines = [json.loads(line) for line in handle]
+    # random and uniform are shared across budgets, TPE runs once per budget: 4 runs of 3 episodes
+    assert len(lines) == 12 and {line["run"] for line in lines} == {
+        "random/shared/seed0",
+        "uniform/shared/seed0",
+        "tpe/b50/seed0",
+        "tpe/b30/seed0",
+    }
+    # a second invocation finds everything finished and recomputes nothing
+    final = (tmp_path / "runs" / "final.json").read_text()
+    assert bench_run.main([*argv, "--only", "write"]) == 0
+    assert (tmp_path / "runs" / "final.json").read_text() == final
