@@ -118,6 +118,10 @@ def run_searches(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
         log = (logs / f"{run.label.replace('/', '--')}.log").open("ab")
         running[run] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
+    def stop(signum: int, frame: Any) -> None:  # SIGTERM to the benchmark: the finally below stops the searches cleanly
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while todo or running:
             out_of_time = args.stop_after is not None and time.monotonic() - started > 60 * args.stop_after
@@ -138,6 +142,7 @@ def run_searches(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
             os.killpg(process.pid, signal.SIGTERM)
         for process in running.values():
             process.wait()
+        signal.signal(signal.SIGTERM, previous)
         bar.close()
     return failures
 
