@@ -113,5 +113,5 @@ def score(records: list[dict[str, Any]], budget: float, episodes: int | None = N
 def _brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    keys = ("episode", "source", "accuracy", "cost_ratio", "latency_ms", "macs", "bops", "artifact_bytes", "reward")
+    keys = ("episode", "source", "accuracy", "cost_ratio", "latency_ms", "macs", "macs_ratio", "bops", "artifact_bytes", "reward")
     return {k: record.get(k) for k in keys}
