@@ -16,6 +16,8 @@ import math
 import statistics
 from typing import Any
 
+from agents.recorder import pareto_front as pareto  # noqa: F401  (the front the search records, reused for plots)
+
 PAUSE_S = 300.0
 
 
@@ -75,16 +77,6 @@ def reach(records: list[dict[str, Any]], budget: float, fraction: float = 0.95) 
         if not math.isnan(v) and v >= fraction * final:
             return i + 1, seconds[i]
     return None
-
-
-def pareto(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Episodes no other episode beats on both cost ratio (lower) and accuracy (higher), by cost."""
-    front, best = [], -math.inf
-    for r in sorted(records, key=lambda r: (r["cost_ratio"], -r["accuracy"])):
-        if r["accuracy"] > best:
-            front.append(r)
-            best = r["accuracy"]
-    return front
 
 
 def cache_hit_rate(records: list[dict[str, Any]]) -> float | None:

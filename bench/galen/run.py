@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import os
 import signal
@@ -170,10 +171,16 @@ def _macs_by_precision(compressed: Any) -> tuple[int, int]:
 class Finalizer:
     """Re-measures and fine-tunes chosen policies, remembering results in ``final.json`` (resumable)."""
 
-    def __init__(self, args: argparse.Namespace, base: dict[str, Any], peak: dict[str, Any]) -> None:
-        self.args, self.base, self.peak = args, base, peak
+    def __init__(self, args: argparse.Namespace, base: dict[str, Any]) -> None:
+        from bench.galen.peak import matmul_peak
+
+        self.args, self.base = args, base
         self.path = args.out / "runs" / "final.json"
         self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if "peak" not in self.done:  # measured once, with the first final measurements: the floors use the same numbers
+            self.done["peak"] = matmul_peak()
+            self._save()
+        self.peak = self.done["peak"]
         self.envs: dict[int, Any] = {}
 
     def _env(self, seed: int) -> Any:
@@ -202,6 +209,7 @@ class Finalizer:
             m = measure(compressed.artifact.data, env.ctx.target, env.ctx.reference)
         fp32, int8 = _macs_by_precision(compressed)
         ref_fp32 = env.ctx.reference_costs.macs
+        floor = floor_ms(fp32, int8, self.peak)
         self.done[key] = {
             "latency_ms": m.candidate.median_ms,
             "reference_ms": m.reference.median_ms,
@@ -209,8 +217,8 @@ class Finalizer:
             "spread": m.spread,
             "macs_fp32": fp32,
             "macs_int8": int8,
-            "floor_ms": floor_ms(fp32, int8, self.peak),
-            "floor_ratio": floor_ms(fp32, int8, self.peak) / m.reference.median_ms,
+            "floor_ms": floor,
+            "floor_ratio": floor / m.reference.median_ms,
             "reference_floor_ratio": floor_ms(ref_fp32, 0, self.peak) / m.reference.median_ms,
             "artifact_bytes": len(compressed.artifact.data),
         }
@@ -259,13 +267,7 @@ def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     """Score every run under every budget it is scored against; re-measure and fine-tune the chosen policies."""
     from tqdm import tqdm
 
-    from bench.galen.peak import matmul_peak
-
-    final = Finalizer(args, base, {})
-    if "peak" not in final.done:  # measured once, with the first final measurements: the floors use the same numbers
-        final.done["peak"] = matmul_peak()
-        final._save()
-    peak = final.peak = final.done["peak"]
+    final = Finalizer(args, base)
     reference_test = final.reference_test_accuracy()
     rows: dict[str, dict[str, Any]] = {}  # f"{budget_tag}/{method}" -> per-seed scores
     jobs = [(run, budget) for run in args.runs for budget in run.scored_budgets]
@@ -273,9 +275,8 @@ def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
         records = read_episodes(run.run_dir(args.out)) if run.run_dir(args.out).exists() else []
         scored = analysis.score(records, budget, args.episodes)
         scored["status"] = status(run, args.out)
-        chosen = analysis.best_within(analysis.searched(records, args.episodes), budget) or analysis.lowest_cost(
-            analysis.searched(records, args.episodes)
-        )
+        rows_searched = analysis.searched(records, args.episodes)
+        chosen = analysis.best_within(rows_searched, budget) or analysis.lowest_cost(rows_searched)
         if chosen is not None and scored["status"] == "finished":
             scored["remeasured"] = final.remeasure(f"{run.label}/{budget_tag(budget)}/e{chosen['episode']}", run.seed, chosen)
             scored["_record"] = chosen
@@ -292,7 +293,7 @@ def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     for seeds in rows.values():
         for v in seeds.values():
             v.pop("_record", None)
-    return {"peak": peak, "reference_test_accuracy": reference_test, "reference": final.done.get("reference"), "rows": rows}
+    return {"peak": final.peak, "reference_test_accuracy": reference_test, "reference": final.done.get("reference"), "rows": rows}
 
 
 def export_episodes(args: argparse.Namespace) -> Path:
@@ -302,7 +303,8 @@ def export_episodes(args: argparse.Namespace) -> Path:
     path = args.out / "data" / "episodes.jsonl.gz"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt") as handle:
+    # mtime=0: the same episodes give the same bytes, so a re-run does not churn the committed file
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, io.TextIOWrapper(gz, encoding="utf-8") as handle:
         for run in args.runs:
             if run.run_dir(args.out).exists():
                 for r in read_episodes(run.run_dir(args.out)):

@@ -76,15 +76,12 @@ def method_table(results: dict[str, Any], budget: float) -> list[str]:
 
 
 def _runs_by_method(out: Path, results: dict[str, Any], budget: float) -> dict[str, list[list[dict[str, Any]]]]:
-    from bench.galen.plan import Run
-
     by: dict[str, list[list[dict[str, Any]]]] = {}
     for label in results["config"]["runs"]:
-        method, budget_part, seed_part = label.split("/")
+        method, budget_part, _ = label.split("/")
         if budget_part not in (budget_tag(budget), "shared"):
             continue
-        run = Run(method, budget, int(seed_part[4:]), (budget,) if budget_part != "shared" else (budget, budget))
-        path = run.run_dir(out)
+        path = out / "runs" / label  # Run.run_dir
         if path.exists():
             by.setdefault(method, []).append(analysis.searched(read_episodes(path), results["config"]["episodes"]))
     return by
