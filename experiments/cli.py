@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fully fine-tune a run's best (or chosen) policy", description=deploy.__doc__)
     deploy.build_finetune_parser(p)
-    p.set_defaults(handler=lambda a: deploy.finetune_policy(a.run, a.episode, a.epochs, a.lr, a.out))
+    p.set_defaults(handler=lambda a: deploy.finetune_policy(a.run, a.episode, a.epochs, a.lr, a.out, a.steps))
 
     p = sub.add_parser("models", help="list the registered models", description="List the model registry.")
     p.set_defaults(handler=_list_models)

@@ -57,22 +57,34 @@ def export(run_dir: str, episode: int | None = None, out: str | None = None) -> 
     return result
 
 
-def finetune_policy(run_dir: str, episode: int | None = None, epochs: int = 1, lr: float = 0.01, out: str | None = None) -> dict[str, Any]:
-    """Fine-tune the chosen policy's pruned model for ``epochs`` on the training split, with simulated quantization."""
+def finetune_policy(
+    run_dir: str, episode: int | None = None, epochs: int = 1, lr: float = 0.01, out: str | None = None, steps: int | None = None
+) -> dict[str, Any]:
+    """Fine-tune the chosen policy's pruned model on the training split, with simulated quantization.
+
+    ``epochs`` with a cosine schedule, or, with ``steps``, only that many batches of 128 (a short
+    recovery, as the benchmark's fixed fine-tune).
+    """
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps must be a positive number of batches, got {steps}")
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}")
     config, env, record = _open(run_dir, episode)
     ctx = env.ctx
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
     before = evaluate(env, compressed.artifact.data)
     simulation = compressed.simulate(ctx.calibration)
-    history = finetune(compressed.model, ctx.data, epochs=epochs, lr=lr, seed=config.seed, progress=True)
+    history = finetune(compressed.model, ctx.data, epochs=epochs, lr=lr, steps=steps, seed=config.seed, progress=True)
     simulation.remove()
     build(compressed, ctx.example, ctx.calibration)
     after = evaluate(env, compressed.artifact.data)
-    result = {**after, "before": before, "epochs": epochs, "lr": lr, "train_seconds": history.seconds}
+    length = {"steps": steps} if steps else {"epochs": epochs}
+    result = {**after, "before": before, **length, "lr": lr, "train_seconds": history.seconds}
     target = Path(out) if out else Path(run_dir) / "finetune"
     result = _write(target, compressed.artifact.data, record, result, "finetune.json")
+    how_long = f"{steps} steps" if steps else f"{epochs} epoch(s)"
     print(
-        f"fine-tuned episode {record['episode']} for {epochs} epoch(s): test accuracy {100 * before['test_accuracy']:.2f}% -> "
+        f"fine-tuned episode {record['episode']} for {how_long}: test accuracy {100 * before['test_accuracy']:.2f}% -> "
         f"{100 * after['test_accuracy']:.2f}%, latency {after['latency_ms']:.3f} ms; written to {target}"
     )
     return result
@@ -90,5 +102,6 @@ def build_export_parser(parser: argparse.ArgumentParser) -> None:
 
 def build_finetune_parser(parser: argparse.ArgumentParser) -> None:
     add_common(parser)
-    parser.add_argument("--epochs", type=int, default=1, help="training epochs (default: 1)")
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs, cosine schedule (default: 1)")
+    parser.add_argument("--steps", type=int, default=None, help="only this many batches of 128 instead of whole epochs (a short recovery)")
     parser.add_argument("--lr", type=float, default=0.01, help="peak learning rate, cosine schedule (default: 0.01)")

@@ -162,6 +162,24 @@ def _lowest(results: dict[str, Any], budget: float, method: str) -> float | None
     return min(lows) if lows else None
 
 
+def _finished(results: dict[str, Any], budget: float, method: str) -> bool:
+    return any(s["status"] == "finished" for s in _seeds(results["rows"].get(f"{budget_tag(budget)}/{method}", {})))
+
+
+def _joint_vs_single_unmet(results: dict[str, Any], budget: float, single: dict[str, list[float]]) -> str:
+    """Galen's joint-vs-single finding where the joint agent did not meet the budget: who did, else who came closest."""
+    head = f"- **Joint vs single** (Galen's finding), budget {100 * budget:.0f}%: "
+    lows = {m: _lowest(results, budget, m) for m in ("sac-joint", "sac-prune", "sac-quant") if _finished(results, budget, m)}
+    reached = ", ".join(f"{LABELS[m]} {_pct(v)}%" for m, v in lows.items() if v is not None)
+    met = [LABELS[m] for m, v in single.items() if v]
+    if met:
+        return (
+            f"{head}the joint SAC agent never met it while {' and '.join(met)} did, so joint is **worse** here, the opposite of "
+            f"Galen's finding (lowest latency reached: {reached})."
+        )
+    return f"{head}none of the SAC agents met it; the lowest latency each reached (lower is closer): {reached}."
+
+
 def _compare(a: list[float], b: list[float]) -> str:
     """'better' / 'equal' / 'worse' for a against b: a difference larger than the seeds' spread, or 1 point without seeds."""
     if not a or not b:
@@ -246,6 +264,13 @@ def discussion(results: dict[str, Any]) -> list[str]:
                 f"- **Joint vs single** (Galen's finding), budget {100 * budget:.0f}%: joint vs pruning only: {_compare(joint, prune)}; "
                 f"joint vs quantization only: {_compare(joint, quant)}."
             )
+        elif joint and _finished(results, budget, "sac-prune") and _finished(results, budget, "sac-quant"):
+            lines.append(
+                f"- **Joint vs single** (Galen's finding), budget {100 * budget:.0f}%: only the joint SAC agent met it, so joint is "
+                "**better** here, as Galen found."
+            )
+        elif not joint and any(_finished(results, budget, m) for m in ("sac-joint", "sac-prune", "sac-quant")):
+            lines.append(_joint_vs_single_unmet(results, budget, {"sac-prune": prune, "sac-quant": quant}))
         if not parts and not joint:
             lines.append(f"- Budget {100 * budget:.0f}%: no learned or uniform policy met it, so the claims cannot be compared there.")
         if (reading := _reading(results, budget)) is not None:
