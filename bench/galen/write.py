@@ -134,8 +134,8 @@ def plots(out: Path, results: dict[str, Any]) -> list[tuple[float, str, str]]:
             mean = [_nanmean([c[i] for c in curves]) for i in range(length)]
             ax.plot(range(1, length + 1), mean, label=LABELS[method])
         ax.set_xlabel("episode")
-        ax.set_ylabel("best validation accuracy within budget (mean over seeds)")
-        ax.set_title(f"Best so far, budget {100 * budget:.0f}%")
+        ax.set_ylabel("best val. accuracy within budget")
+        ax.set_title(f"Best so far (mean over seeds), budget {100 * budget:.0f}%")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
