@@ -105,10 +105,19 @@ def plots(out: Path, results: dict[str, Any]) -> list[tuple[float, str, str]]:
         fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.4 * rows), sharex=True, sharey=True, squeeze=False)
         for ax, (method, runs) in zip(axes.flat, by.items(), strict=False):
             episodes = [r for run in runs for r in run]
-            ax.scatter([r["cost_ratio"] for r in episodes], [r["accuracy"] for r in episodes], s=5, alpha=0.35, label="episodes")
+            ax.scatter(
+                [r["cost_ratio"] for r in episodes], [r["accuracy"] for r in episodes], s=5, alpha=0.35, color="C0", label="episodes"
+            )
             for i, run in enumerate(runs):
                 front = analysis.pareto(run)
-                ax.step([r["cost_ratio"] for r in front], [r["accuracy"] for r in front], where="post", lw=1.2, label=f"Pareto, seed {i}")
+                ax.step(
+                    [r["cost_ratio"] for r in front],
+                    [r["accuracy"] for r in front],
+                    where="post",
+                    lw=1.2,
+                    color=f"C{i + 1}",
+                    label=f"Pareto, seed {i}",
+                )
             ax.axvline(budget, color="red", ls="--", lw=1, label=f"budget {100 * budget:.0f}%")
             ax.set_title(LABELS[method], fontsize=9)
             ax.grid(alpha=0.3)
@@ -118,7 +127,9 @@ def plots(out: Path, results: dict[str, Any]) -> list[tuple[float, str, str]]:
             ax.set_xlabel("latency, fraction of uncompressed")
         for ax in axes[:, 0]:
             ax.set_ylabel("validation accuracy")
-        axes.flat[0].legend(fontsize=6)
+        # one legend for every panel: the first panel may lack some seeds (the uniform grid runs one)
+        entries = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+        axes.flat[0].legend(entries.values(), entries.keys(), fontsize=6)
         fig.suptitle(f"Every episode per method, budget {100 * budget:.0f}% (reward scored against it)")
         fig.tight_layout()
         scatter = f"plots/episodes_{tag}.png"
