@@ -143,10 +143,13 @@ def plots(out: Path, results: dict[str, Any]) -> list[tuple[float, str, str]]:
             if not length:
                 continue
             mean = [_nanmean([c[i] for c in curves]) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, label=LABELS[method])
+            (line,) = ax.plot(range(1, length + 1), mean, label=LABELS[method])
+            if len(curves) > 1:  # each seed thin, so a dip of the mean (a seed joining lower) reads as such
+                for c in curves:
+                    ax.plot(range(1, length + 1), c[:length], color=line.get_color(), alpha=0.3, linewidth=0.8)
         ax.set_xlabel("episode")
         ax.set_ylabel("best val. accuracy within budget")
-        ax.set_title(f"Best so far (mean over seeds), budget {100 * budget:.0f}%")
+        ax.set_title(f"Best so far, budget {100 * budget:.0f}%: mean over the seeds within it so far (thin: each seed)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()
