@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import shutil
 
 import pytest
 
@@ -94,6 +95,56 @@ def test_tiny_benchmark_end_to_end(tmp_path, trained_resnet20, monkeypatch) -> N
         "tpe/b30/seed0",
     }
     # a second invocation finds everything finished and recomputes nothing
-    final = (tmp_path / "runs" / "final.json").read_text()
+    final = (tmp_path / "data" / "final.json").read_text()
     assert bench_run.main([*argv, "--only", "write"]) == 0
-    assert (tmp_path / "runs" / "final.json").read_text() == final
+    assert (tmp_path / "data" / "final.json").read_text() == final
+    # every finished run is archived under data/ (committed); a fresh checkout without runs/ restores them
+    archives = sorted(p.name for p in (tmp_path / "data" / "archive").iterdir())
+    assert archives == [
+        f"{label}.json.gz" for label in ("random--shared--seed0", "tpe--b30--seed0", "tpe--b50--seed0", "uniform--shared--seed0")
+    ]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data" / "archive").iterdir()}
+    shutil.rmtree(tmp_path / "runs")
+    assert bench_run.main([*argv, "--only", "write"]) == 0
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["unfinished"] == [] and again["rows"] == results["rows"]  # same scores, nothing re-measured or re-tuned
+    assert (tmp_path / "data" / "final.json").read_text() == final
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data" / "archive").iterdir()} == before  # archives are written once
+    state = json.loads((tmp_path / "runs" / "tpe" / "b50" / "seed0" / "state.json").read_text())
+    assert state["status"] == "finished" and state["restored_from"].endswith("tpe--b50--seed0.json.gz")
+    # the machine is recorded per run and per peak measurement (a benchmark may be continued on another CPU)
+    from bench.galen.archive import cpu_name
+
+    assert state["cpu"] == cpu_name() == json.loads(final)["peak"]["cpu"] == again["rows"]["b30/tpe"]["0"]["cpu"]
+
+
+def test_archive_restores_runs_and_the_base_model(tmp_path) -> None:
+    from bench.galen import archive
+    from bench.galen.plan import Run
+
+    run = Run("tpe", 0.2, 1, (0.2,))
+    assert archive.save_run(tmp_path, run) is None  # no run directory: nothing to archive
+    run_dir = run.run_dir(tmp_path)
+    run_dir.mkdir(parents=True)
+    (run_dir / "episodes.jsonl").write_text(json.dumps({"episode": 0, "policy": {"layers": {"conv1": [0.5, 8]}}}) + "\n")
+    (run_dir / "state.json").write_text(json.dumps({"status": "interrupted"}))
+    assert archive.save_run(tmp_path, run) is None  # unfinished runs are not archived
+    (run_dir / "state.json").write_text(json.dumps({"status": "finished", "iterations": 3}))
+    path = archive.save_run(tmp_path, run)
+    assert path.name == "tpe--b20--seed1.json.gz"
+    assert not archive.restore_run(tmp_path, run)  # the run directory is there and finished
+    shutil.rmtree(tmp_path / "runs")
+    assert archive.restore_runs(tmp_path, [run, Run("tpe", 0.1, 1, (0.1,))]) == ["tpe/b20/seed1"]
+    assert json.loads((run_dir / "episodes.jsonl").read_text())["policy"] == {"layers": {"conv1": [0.5, 8]}}
+    assert json.loads((run_dir / "state.json").read_text())["iterations"] == 3
+    path.rename(archive.archive_path(tmp_path, Run("tpe", 0.1, 1, (0.1,))))
+    with pytest.raises(ValueError, match="holds run 'tpe/b20/seed1', not 'tpe/b10/seed1'"):
+        archive.restore_run(tmp_path, Run("tpe", 0.1, 1, (0.1,)))
+
+    store_dir = tmp_path / "store" / "resnet20--fashion-mnist--abc--seed0"
+    store_dir.mkdir(parents=True)
+    (store_dir / "model.pt").write_bytes(b"weights")
+    assert archive.save_base(tmp_path, store_dir) == tmp_path / "data" / "base" / store_dir.name
+    assert not archive.restore_base(tmp_path, store_dir)  # the store has it
+    shutil.rmtree(tmp_path / "store")
+    assert archive.restore_base(tmp_path, store_dir) and (store_dir / "model.pt").read_bytes() == b"weights"

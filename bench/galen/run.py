@@ -12,6 +12,10 @@ Phases (each resumable; run the same command again to continue):
    best of the seeds fine-tuned for a fixed number of steps (the same for every method) and
    scored on the test split before and after;
 4. ``RESULTS.md``, plots and the raw per-episode data.
+
+What a fresh checkout needs to continue is committed under ``data/`` (``bench.galen.archive``): the
+base model, every finished run (archived when it finishes) and the final measurements. A clone
+restores them and runs only what is missing.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 import yaml
 
 from agents.recorder import dumps, read_episodes, write_atomic
-from bench.galen import analysis
+from bench.galen import analysis, archive
 from bench.galen.plan import METHODS, Run, budget_tag, plan, search_config
 
 ROOT = Path(__file__).parent
@@ -77,11 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def base_model(args: argparse.Namespace) -> dict[str, Any]:
+    """The stored base model: from the store, else from the committed copy (``data/base/``), else trained; then committed."""
     from workloads.base import obtain_base_model
+    from workloads.checkpoints import CheckpointKey, CheckpointStore
     from workloads.training import Recipe
 
-    base = obtain_base_model(args.model, "fashion-mnist", Recipe(epochs=args.base_epochs), 0, train=True)
-    return {"path": str(base.path), "reused": base.reused, **{k: base.meta.get(k) for k in ("test_acc", "epochs", "parameters")}}
+    recipe, store = Recipe(epochs=args.base_epochs), CheckpointStore()
+    restored = archive.restore_base(args.out, store.path(CheckpointKey(args.model, "fashion-mnist", recipe, 0)))
+    base = obtain_base_model(args.model, "fashion-mnist", recipe, 0, store=store, train=True)
+    archive.save_base(args.out, Path(base.path))
+    keep = ("test_acc", "epochs", "parameters", "sha256")
+    return {"path": str(base.path), "reused": base.reused, "restored": restored, **{k: base.meta.get(k) for k in keep}}
 
 
 # --- phase 2: the searches ----------------------------------------------------------------------------
@@ -139,6 +149,8 @@ def run_searches(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
                     del running[run]
                     if process.returncode != 0 or status(run, args.out) != "finished":
                         failures.append(f"{run.label}: exit {process.returncode}; see {logs / (run.label.replace('/', '--') + '.log')}")
+                    else:
+                        archive.save_run(args.out, run)  # committed data: a fresh checkout skips this run
             bar.set_postfix_str(f"running: {', '.join(r.label for r in running)}")
             bar.update(done() - bar.n)
             if out_of_time and not running:
@@ -175,12 +187,18 @@ class Finalizer:
         from bench.galen.peak import matmul_peak
 
         self.args, self.base = args, base
-        self.path = args.out / "runs" / "final.json"
-        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
-        if "peak" not in self.done:  # measured once, with the first final measurements: the floors use the same numbers
-            self.done["peak"] = matmul_peak()
+        self.path = args.out / "data" / "final.json"  # committed with the runs' archives
+        old = args.out / "runs" / "final.json"  # where earlier versions kept it
+        source = self.path if self.path.exists() or not old.exists() else old
+        self.done: dict[str, Any] = json.loads(source.read_text()) if source.exists() else {}
+        # measured once per CPU, with the first final measurements there: that CPU's floors use the same numbers
+        cpu = archive.cpu_name()
+        first = self.done.get("peak")
+        self.peak_key = "peak" if first is None or first.get("cpu") == cpu else f"peak/{cpu}"
+        if self.peak_key not in self.done:
+            self.done[self.peak_key] = {**matmul_peak(), "cpu": cpu}
             self._save()
-        self.peak = self.done["peak"]
+        self.peak = self.done[self.peak_key]
         self.envs: dict[int, Any] = {}
 
     def _env(self, seed: int) -> Any:
@@ -253,14 +271,22 @@ class Finalizer:
         self._save()
         return self.done[key]
 
-    def reference_test_accuracy(self) -> float:
-        if "reference" not in self.done:
+    @property
+    def reference_key(self) -> str:
+        """Per base model (its weights' sha256): a retrained base model is measured anew, the earlier one's numbers kept."""
+        sha = self.base.get("sha256")
+        return f"reference/{sha[:16]}" if sha else "reference"
+
+    def reference(self) -> dict[str, Any]:
+        """The uncompressed model's test accuracy (ONNX Runtime) and validation accuracy (the episodes' images)."""
+        if self.reference_key not in self.done:
             from experiments.results import test_accuracy
 
             env = self._env(0)
-            self.done["reference"] = {"test_accuracy": test_accuracy(env, env.ctx.reference), "val_accuracy": env.ctx.reference_accuracy}
+            accuracy = test_accuracy(env, env.ctx.reference)
+            self.done[self.reference_key] = {"test_accuracy": accuracy, "val_accuracy": env.ctx.reference_accuracy}
             self._save()
-        return self.done["reference"]["test_accuracy"]
+        return self.done[self.reference_key]
 
 
 def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
@@ -268,13 +294,14 @@ def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     from tqdm import tqdm
 
     final = Finalizer(args, base)
-    reference_test = final.reference_test_accuracy()
+    reference = final.reference()
     rows: dict[str, dict[str, Any]] = {}  # f"{budget_tag}/{method}" -> per-seed scores
     jobs = [(run, budget) for run in args.runs for budget in run.scored_budgets]
     for run, budget in tqdm(jobs, desc="scoring and re-measuring", unit="run", dynamic_ncols=True):
         records = read_episodes(run.run_dir(args.out)) if run.run_dir(args.out).exists() else []
         scored = analysis.score(records, budget, args.episodes)
         scored["status"] = status(run, args.out)
+        scored["cpu"] = archive.run_state(run.run_dir(args.out)).get("cpu")  # set when the run is archived
         rows_searched = analysis.searched(records, args.episodes)
         chosen = analysis.best_within(rows_searched, budget) or analysis.lowest_cost(rows_searched)
         if chosen is not None and scored["status"] == "finished":
@@ -293,7 +320,15 @@ def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     for seeds in rows.values():
         for v in seeds.values():
             v.pop("_record", None)
-    return {"peak": final.peak, "reference_test_accuracy": reference_test, "reference": final.done.get("reference"), "rows": rows}
+    earlier = final.done.get("reference") if final.reference_key != "reference" else None  # a base model whose sha was not kept
+    return {
+        "peak": final.peak,
+        "peaks": [v for k, v in final.done.items() if k == "peak" or k.startswith("peak/")],
+        "reference_test_accuracy": reference["test_accuracy"],
+        "reference": reference,
+        "earlier_reference": earlier,
+        "rows": rows,
+    }
 
 
 def export_episodes(args: argparse.Namespace) -> Path:
@@ -326,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     base = base_model(args)
     print(f"base model: {args.model}, {base['epochs']} epochs, test accuracy {100 * base['test_acc']:.2f}% ({base['path']})")
+    restored = archive.restore_runs(args.out, args.runs)
+    if restored:
+        print(f"restored {len(restored)} finished runs from {args.out / 'data' / 'archive'}")
     failures: list[str] = []
     if args.only != "write":
         failures = run_searches(args, base)
@@ -333,9 +371,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"FAILED {failure}", file=sys.stderr)
     if args.only == "search":
         return 1 if failures else 0
+    for run in args.runs:  # runs finished before archiving existed, or by hand
+        archive.save_run(args.out, run)
     unfinished = [r.label for r in args.runs if status(r, args.out) != "finished"]
     results = collect(args, base)
-    results.update(base=base, unfinished=unfinished, config=_config_of(args))
+    # runs archived from an earlier version's exported episodes: no per-layer policies (their final measurements are kept)
+    without_policies = [r.label for r in args.runs if "migrated" in archive.run_state(r.run_dir(args.out))]
+    results.update(base=base, unfinished=unfinished, without_policies=without_policies, config=_config_of(args))
     write_atomic(args.out / "results.json", dumps(results, indent=1))
     data = export_episodes(args)
     path = write_results(args.out, results)

@@ -328,10 +328,24 @@ def write_results(out: Path, results: dict[str, Any]) -> Path:
         "when this was written."
         if config["model"] != "resnet18"
         else "- ResNet-18 (3x3 stem): the seed paper's network.",
-        f"- Peak throughput of one core in ONNX Runtime ({peak['n']}³ matrix multiply, one thread): fp32 "
-        f"{peak['fp32']['macs_per_s'] / 1e9:.0f} GMAC/s, int8 {peak['int8']['macs_per_s'] / 1e9:.0f} GMAC/s. The floor column: a "
-        "model's MACs at these rates (arithmetic only, no memory traffic, no per-operator overhead), as % of the uncompressed "
-        "model's measured latency.",
+        f"- Peak throughput of one core in ONNX Runtime ({peak['n']}³ matrix multiply, one thread): "
+        + "; ".join(
+            f"{p.get('cpu', 'this CPU')}: fp32 {p['fp32']['macs_per_s'] / 1e9:.0f} GMAC/s, int8 {p['int8']['macs_per_s'] / 1e9:.0f} GMAC/s"
+            for p in results.get("peaks") or [peak]
+        )
+        + ". The floor column: a model's MACs at its CPU's rates (arithmetic only, no memory traffic, no per-operator overhead), "
+        "as % of the uncompressed model's measured latency.",
+        *_machines(results),
+        "- Committed with this file, so that a fresh checkout continues the benchmark instead of redoing it: the base model "
+        f"(`data/base/`{', weights sha256 ' + base['sha256'][:16] + '…' if base.get('sha256') else ''}), every finished run "
+        "(`data/archive/`, its episodes and per-layer policies) and the final measurements (`data/final.json`)."
+        + (
+            f" {len(results['without_policies'])} runs that finished before archiving existed are archived from their exported "
+            "episodes, without the per-layer policies; their re-measurements and fine-tunes are kept in `data/final.json`."
+            + _earlier_base(results)
+            if results.get("without_policies")
+            else ""
+        ),
         "",
     ]
     if results["unfinished"]:
@@ -359,11 +373,38 @@ def write_results(out: Path, results: dict[str, Any]) -> Path:
     return path
 
 
+def _earlier_base(results: dict[str, Any]) -> str:
+    earlier = results.get("earlier_reference")
+    if not earlier:
+        return ""
+    return (
+        " **Those runs used an earlier base model** (same recipe; "
+        f"{_pct(earlier.get('test_accuracy'), 2)}% test, {_pct(earlier.get('val_accuracy'), 2)}% on the validation images) whose "
+        "checkpoint was not kept, and retraining does not reproduce it bit for bit, so "
+        "the other runs use the committed retrained model above. Latency does not depend on the weights; accuracies of the "
+        "two groups differ by the base models' training noise as well as by seed."
+    )
+
+
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    from bench.galen.archive import cpu_name
+
+    return cpu_name()
+
+
+def _machines(results: dict[str, Any]) -> list[str]:
+    """Which CPU each run was searched on, when more than one (a benchmark continued on another machine)."""
+    by_cpu: dict[str, set[str]] = {}
+    for key, seeds in results["rows"].items():
+        for seed, v in seeds.items():
+            if v.get("cpu"):
+                by_cpu.setdefault(v["cpu"], set()).add(f"{key}/seed{seed}")
+    if len(by_cpu) < 2:
+        return []
+    parts = [f"{cpu}: {len(runs)} ({', '.join(sorted(runs)[:6])}{', …' if len(runs) > 6 else ''})" for cpu, runs in by_cpu.items()]
+    return [
+        "- **Runs were searched on different machines** (the benchmark was continued on another CPU; budget/method/seed): "
+        + "; ".join(parts)
+        + ". Every latency ratio is against the uncompressed model timed on the same machine in the same rounds, but the "
+        "ratios an architecture reaches differ between CPUs, so compare seeds of one machine first."
+    ]

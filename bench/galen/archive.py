@@ -1,0 +1,133 @@
+"""What of the benchmark is committed, so that a fresh checkout continues it instead of starting over.
+
+``runs/`` (RLlib checkpoints, logs, a few hundred MB) is not committed; a fresh clone would redo
+every search, on a base model retrained from scratch. So these go under ``data/``, in git:
+
+- ``data/base/<checkpoint dir>/``: the base model exactly as the searches used it (``model.pt``
+  and ``meta.json`` with its sha256, about 3.5 MB for ResNet-56). Copied into the checkpoint store
+  when the store lacks it; the store checks the hash and loads with ``weights_only=True``.
+- ``data/archive/<method>--<budget>--seed<n>.json.gz``: one finished run: its ``state.json``,
+  ``config.yaml`` and every ``episodes.jsonl`` record (per-layer policy included), written once
+  when the run finishes (gzip without a timestamp: the same run gives the same bytes). A run
+  directory that is missing or unfinished is restored from it, marked finished, and skipped.
+- ``data/final.json``: the final phase's measurements (peak throughput, re-measured latencies,
+  fine-tunes), so that a re-write re-measures nothing already measured.
+
+A run stopped mid-search is not archived: it resumes from its checkpoints in ``runs/`` when they
+are there, and starts over when they are not.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agents.recorder import dumps, read_episodes, write_atomic
+from bench.galen.plan import Run
+
+FORMAT = 1
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the platform's processor string."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def archive_path(out: Path, run: Run) -> Path:
+    return out / "data" / "archive" / f"{run.label.replace('/', '--')}.json.gz"
+
+
+def run_state(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_gz_json(path: Path, value: Any) -> None:
+    """Atomically, and with gzip's timestamp zeroed: the same value gives the same bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, io.TextIOWrapper(gz, encoding="utf-8") as handle:
+        handle.write(dumps(value))
+    tmp.replace(path)
+
+
+def read_gz_json(path: Path) -> Any:
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def save_run(out: Path, run: Run) -> Path | None:
+    """Archive a finished run (once; an existing archive is kept). None when the run has not finished."""
+    run_dir = run.run_dir(out)
+    state = run_state(run_dir)
+    if state.get("status") != "finished":
+        return None
+    path = archive_path(out, run)
+    if path.exists():
+        return path
+    config_file = run_dir / "config.yaml"
+    config = yaml.safe_load(config_file.read_text()) if config_file.exists() else None
+    # runs/ does not outlive a checkout, so a run is searched on one machine, this one: its latencies are this CPU's
+    state = {**state, "cpu": state.get("cpu") or cpu_name()}
+    write_gz_json(path, {"format": FORMAT, "label": run.label, "state": state, "config": config, "episodes": read_episodes(run_dir)})
+    return path
+
+
+def restore_run(out: Path, run: Run) -> bool:
+    """Rebuild an unfinished or missing run directory from its archive; True when it did."""
+    path = archive_path(out, run)
+    run_dir = run.run_dir(out)
+    if not path.exists() or run_state(run_dir).get("status") == "finished":
+        return False
+    archived = read_gz_json(path)
+    if archived.get("label") != run.label:
+        raise ValueError(f"{path} holds run {archived.get('label')!r}, not {run.label!r}; the file was renamed or edited")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "episodes.jsonl", "".join(json.dumps(r) + "\n" for r in archived["episodes"]))
+    if archived.get("config") is not None:
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(archived["config"], sort_keys=False))
+    state = {**archived["state"], "status": "finished", "restored_from": str(path)}
+    write_atomic(run_dir / "state.json", json.dumps(state, indent=1))
+    return True
+
+
+def restore_runs(out: Path, runs: list[Run]) -> list[str]:
+    """Restore every planned run that has an archive and no finished run directory; their labels."""
+    return [run.label for run in runs if restore_run(out, run)]
+
+
+def save_base(out: Path, store_dir: Path) -> Path:
+    """Copy the base model's checkpoint directory into ``data/base/`` (once)."""
+    target = out / "data" / "base" / store_dir.name
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(store_dir, tmp)
+        tmp.replace(target)
+    return target
+
+
+def restore_base(out: Path, store_dir: Path) -> bool:
+    """Put the committed base model into the checkpoint store when the store lacks it; True when it did."""
+    source = out / "data" / "base" / store_dir.name
+    if store_dir.exists() or not source.exists():
+        return False
+    store_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = store_dir.with_name(f".{store_dir.name}.restoring")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    tmp.replace(store_dir)
+    return True
