@@ -68,6 +68,7 @@ def test_peak_throughput_and_floor() -> None:
 
 
 def test_tiny_benchmark_end_to_end(tmp_path, trained_resnet20, monkeypatch) -> None:
+    from bench.galen import archive
     from bench.galen import run as bench_run
 
     monkeypatch.setattr(bench_run, "base_model", lambda args: {"path": str(trained_resnet20.path), "test_acc": 0.9, "epochs": 1})
@@ -79,6 +80,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, trained_resnet20, monkeypatch) -> N
     assert sorted(results["rows"]) == ["b30/random", "b30/tpe", "b30/uniform", "b50/random", "b50/tpe", "b50/uniform"]
     random50 = results["rows"]["b50/random"]["0"]
     assert random50["episodes"] == 3 and random50["status"] == "finished"
+    assert random50["cpu"] == archive.cpu_name()  # recorded when the run was archived
     assert 0 < random50["remeasured"]["ratio"] < 1.5 and random50["remeasured"]["floor_ratio"] < random50["remeasured"]["ratio"]
     # the random run is shared: the same episodes scored against both budgets
     assert results["rows"]["b30/random"]["0"]["lowest_cost"] == random50["lowest_cost"]

@@ -81,7 +81,9 @@ def save_run(out: Path, run: Run) -> Path | None:
     config_file = run_dir / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.exists() else None
     # runs/ does not outlive a checkout, so a run is searched on one machine, this one: its latencies are this CPU's
-    state = {**state, "cpu": state.get("cpu") or cpu_name()}
+    if not state.get("cpu"):
+        state = {**state, "cpu": cpu_name()}
+        write_atomic(run_dir / "state.json", json.dumps(state, indent=1))
     write_gz_json(path, {"format": FORMAT, "label": run.label, "state": state, "config": config, "episodes": read_episodes(run_dir)})
     return path
 
