@@ -115,9 +115,7 @@ def test_tiny_benchmark_end_to_end(tmp_path, trained_resnet20, monkeypatch) -> N
     state = json.loads((tmp_path / "runs" / "tpe" / "b50" / "seed0" / "state.json").read_text())
     assert state["status"] == "finished" and state["restored_from"].endswith("tpe--b50--seed0.json.gz")
     # the machine is recorded per run and per peak measurement (a benchmark may be continued on another CPU)
-    from bench.galen.archive import cpu_name
-
-    assert state["cpu"] == cpu_name() == json.loads(final)["peak"]["cpu"] == again["rows"]["b30/tpe"]["0"]["cpu"]
+    assert state["cpu"] == archive.cpu_name() == json.loads(final)["peak"]["cpu"] == again["rows"]["b30/tpe"]["0"]["cpu"]
 
 
 def test_archive_restores_runs_and_the_base_model(tmp_path) -> None:

@@ -24,6 +24,8 @@ import io
 import json
 import platform
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ import yaml
 
 from agents.recorder import dumps, read_episodes, write_atomic
 from bench.galen.plan import Run
+from experiments.rundir import RunDir
 
 FORMAT = 1
 
@@ -51,17 +54,26 @@ def archive_path(out: Path, run: Run) -> Path:
 
 
 def run_state(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "state.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return RunDir(run_dir).state()
+
+
+@contextmanager
+def gz_text_writer(path: Path) -> Iterator[io.TextIOWrapper]:
+    """A text handle onto ``path``, gzipped, replaced atomically on success; no name or time in the header: same text, same bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+        io.TextIOWrapper(gz, encoding="utf-8") as handle,
+    ):
+        yield handle
+    tmp.replace(path)
 
 
 def write_gz_json(path: Path, value: Any) -> None:
-    """Atomically, and with gzip's timestamp zeroed: the same value gives the same bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, io.TextIOWrapper(gz, encoding="utf-8") as handle:
+    with gz_text_writer(path) as handle:
         handle.write(dumps(value))
-    tmp.replace(path)
 
 
 def read_gz_json(path: Path) -> Any:
@@ -111,14 +123,19 @@ def restore_runs(out: Path, runs: list[Run]) -> list[str]:
     return [run.label for run in runs if restore_run(out, run)]
 
 
+def _copy_tree_atomic(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    tmp.replace(target)
+
+
 def save_base(out: Path, store_dir: Path) -> Path:
     """Copy the base model's checkpoint directory into ``data/base/`` (once)."""
     target = out / "data" / "base" / store_dir.name
     if not target.exists():
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(store_dir, tmp)
-        tmp.replace(target)
+        _copy_tree_atomic(store_dir, target)
     return target
 
 
@@ -127,9 +144,5 @@ def restore_base(out: Path, store_dir: Path) -> bool:
     source = out / "data" / "base" / store_dir.name
     if store_dir.exists() or not source.exists():
         return False
-    store_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store_dir.with_name(f".{store_dir.name}.restoring")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    tmp.replace(store_dir)
+    _copy_tree_atomic(source, store_dir)
     return True

@@ -21,8 +21,6 @@ restores them and runs only what is missing.
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import os
 import signal
@@ -98,8 +96,8 @@ def base_model(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def status(run: Run, out: Path) -> str:
-    state = run.run_dir(out) / "state.json"
-    return json.loads(state.read_text()).get("status", "unknown") if state.exists() else "new"
+    state = archive.run_state(run.run_dir(out))
+    return state.get("status", "unknown") if state else "new"
 
 
 def _episodes_done(run: Run, out: Path) -> int:
@@ -336,17 +334,14 @@ def export_episodes(args: argparse.Namespace) -> Path:
     keep = ("episode", "source", "time", "reward", "accuracy", "cost_ratio", "latency_ms", "latency_cached", "macs", "bops")
     keep += ("artifact_bytes", "target_ratio", "within_budget")
     path = args.out / "data" / "episodes.jsonl.gz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    # mtime=0: the same episodes give the same bytes, so a re-run does not churn the committed file
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, io.TextIOWrapper(gz, encoding="utf-8") as handle:
+    # the same episodes give the same bytes, so a re-run does not churn the committed file
+    with archive.gz_text_writer(path) as handle:
         for run in args.runs:
             if run.run_dir(args.out).exists():
                 for r in read_episodes(run.run_dir(args.out)):
                     handle.write(
                         json.dumps({"run": run.label, "method": run.method, "seed": run.seed, **{k: r.get(k) for k in keep}}) + "\n"
                     )
-    tmp.replace(path)
     return path
 
 

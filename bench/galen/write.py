@@ -11,6 +11,7 @@ from typing import Any
 
 from agents.recorder import read_episodes
 from bench.galen import analysis
+from bench.galen.archive import cpu_name
 from bench.galen.plan import METHODS, budget_tag
 
 LABELS = {
@@ -306,7 +307,7 @@ def write_results(out: Path, results: dict[str, Any]) -> Path:
         "# Galen's experiment on this machine",
         "",
         f"Written by `python -m bench.galen` (`make bench-galen`) on {date.today().isoformat()}: "
-        f"{platform.processor() or platform.machine()}, {_cpu_name()}, "
+        f"{platform.processor() or platform.machine()}, {cpu_name()}, "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}. Raw per-episode data: "
         "`data/episodes.jsonl.gz`; every number below: `results.json`.",
         "",
@@ -384,12 +385,6 @@ def _earlier_base(results: dict[str, Any]) -> str:
         "the other runs use the committed retrained model above. Latency does not depend on the weights; accuracies of the "
         "two groups differ by the base models' training noise as well as by seed."
     )
-
-
-def _cpu_name() -> str:
-    from bench.galen.archive import cpu_name
-
-    return cpu_name()
 
 
 def _machines(results: dict[str, Any]) -> list[str]:
