@@ -148,3 +148,13 @@ def test_archive_restores_runs_and_the_base_model(tmp_path) -> None:
     assert not archive.restore_base(tmp_path, store_dir)  # the store has it
     shutil.rmtree(tmp_path / "store")
     assert archive.restore_base(tmp_path, store_dir) and (store_dir / "model.pt").read_bytes() == b"weights"
+
+
+def test_machines_counts_runs_not_rows() -> None:
+    from bench.galen.write import _machines
+
+    shared = {"cpu": "Xeon", "run": "random/shared/seed0"}  # scored under both budgets: one run
+    rows = {"b50/random": {"0": shared}, "b20/random": {"0": shared}, "b20/tpe": {"2": {"cpu": "EPYC", "run": "tpe/b20/seed2"}}}
+    (line,) = _machines({"rows": rows})
+    assert "Xeon: 1 (random/shared/seed0)" in line and "EPYC: 1 (tpe/b20/seed2)" in line
+    assert _machines({"rows": {"b50/random": {"0": shared}}}) == []  # one machine: nothing to say

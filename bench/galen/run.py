@@ -300,6 +300,7 @@ def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
         scored = analysis.score(records, budget, args.episodes)
         scored["status"] = status(run, args.out)
         scored["cpu"] = archive.run_state(run.run_dir(args.out)).get("cpu")  # set when the run is archived
+        scored["run"] = run.label  # a shared run (uniform, random) is scored under every budget: count it once
         rows_searched = analysis.searched(records, args.episodes)
         chosen = analysis.best_within(rows_searched, budget) or analysis.lowest_cost(rows_searched)
         if chosen is not None and scored["status"] == "finished":

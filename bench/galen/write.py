@@ -392,13 +392,13 @@ def _machines(results: dict[str, Any]) -> list[str]:
     by_cpu: dict[str, set[str]] = {}
     for key, seeds in results["rows"].items():
         for seed, v in seeds.items():
-            if v.get("cpu"):
-                by_cpu.setdefault(v["cpu"], set()).add(f"{key}/seed{seed}")
+            if v.get("cpu"):  # runs, not rows: a shared run is a row under every budget
+                by_cpu.setdefault(v["cpu"], set()).add(v.get("run") or f"{key}/seed{seed}")
     if len(by_cpu) < 2:
         return []
     parts = [f"{cpu}: {len(runs)} ({', '.join(sorted(runs)[:6])}{', …' if len(runs) > 6 else ''})" for cpu, runs in by_cpu.items()]
     return [
-        "- **Runs were searched on different machines** (the benchmark was continued on another CPU; budget/method/seed): "
+        "- **Runs were searched on different machines** (the benchmark was continued on another CPU; method/budget/seed): "
         + "; ".join(parts)
         + ". Every latency ratio is against the uncompressed model timed on the same machine in the same rounds, but the "
         "ratios an architecture reaches differ between CPUs, so compare seeds of one machine first."
