@@ -60,9 +60,10 @@ def test_scoring_best_within_budget_reach_and_pauses() -> None:
 
 
 def test_peak_throughput_and_floor() -> None:
-    peak = matmul_peak(n=256, repeats=5, warmup=1)
+    peak = matmul_peak(sizes=(64, 128), repeats=5, warmup=1)
     for kind in ("fp32", "int8"):
         assert 1e8 < peak[kind]["macs_per_s"] < 1e13, peak
+        assert peak[kind]["macs_per_s"] == max(peak[kind]["by_size"].values()) and peak[kind]["n"] in (64, 128)
     assert floor_ms(peak["fp32"]["macs_per_s"] / 1e3, 0, peak) == pytest.approx(1.0)
     assert floor_ms(0, peak["int8"]["macs_per_s"] / 1e3, peak) == pytest.approx(1.0)
 
@@ -158,3 +159,34 @@ def test_machines_counts_runs_not_rows() -> None:
     (line,) = _machines({"rows": rows})
     assert "Xeon: 1 (random/shared/seed0)" in line and "EPYC: 1 (tpe/b20/seed2)" in line
     assert _machines({"rows": {"b50/random": {"0": shared}}}) == []  # one machine: nothing to say
+
+
+def test_a_peak_measured_the_old_way_is_remeasured_and_floors_follow(tmp_path, monkeypatch) -> None:
+    import argparse
+    import functools
+
+    from bench.galen import archive, peak
+    from bench.galen import run as bench_run
+
+    monkeypatch.setattr(peak, "matmul_peak", functools.partial(peak.matmul_peak, sizes=(64, 128), repeats=3, warmup=1))
+    cpu = archive.cpu_name()
+    old = {"n": 512, "fp32": {"macs_per_s": 1e9}, "int8": {"macs_per_s": 4e9}, "cpu": cpu}  # no "method": the old way
+    other = {"method": peak.METHOD, "fp32": {"macs_per_s": 2e9}, "int8": {"macs_per_s": 8e9}, "cpu": "another CPU"}
+    timed = {"latency_ms": 1.0, "reference_ms": 2.0, "macs_fp32": 1e6, "macs_int8": 4e6, "reference_macs": 3e6}
+    (tmp_path / "data").mkdir()
+    done = {"peak": other, f"peak/{cpu}": old, "p/here": {**timed, "cpu": cpu}, "p/there": {**timed, "cpu": "another CPU"}}
+    (tmp_path / "data" / "final.json").write_text(json.dumps(done))
+    final = bench_run.Finalizer(argparse.Namespace(out=tmp_path), {"path": "unused"})
+    stored = json.loads((tmp_path / "data" / "final.json").read_text())
+    assert stored[f"superseded/peak/{cpu}"] == old and stored["peak"] == other  # other CPUs untouched
+    new = stored[f"peak/{cpu}"]
+    assert new["method"] == peak.METHOD and new["sizes"] == [64, 128] and final.peak == new
+    # floors are computed from the stored MACs with the peak of the CPU each policy was timed on, never stored
+    here, there = final.remeasure("p/here", 0, {}), final.remeasure("p/there", 0, {})
+    assert there["floor_ms"] == pytest.approx(1e3 * (1e6 / 2e9 + 4e6 / 8e9)) and there["reference_floor_ratio"] == pytest.approx(0.75)
+    rate = new["fp32"]["macs_per_s"]
+    assert here["reference_floor_ratio"] == pytest.approx(1e3 * 3e6 / rate / 2.0)
+    assert "floor_ms" not in stored["p/here"]
+    # measured the current way: a second start keeps it
+    bench_run.Finalizer(argparse.Namespace(out=tmp_path), {"path": "unused"})
+    assert json.loads((tmp_path / "data" / "final.json").read_text())[f"peak/{cpu}"] == new

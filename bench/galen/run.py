@@ -182,7 +182,7 @@ class Finalizer:
     """Re-measures and fine-tunes chosen policies, remembering results in ``final.json`` (resumable)."""
 
     def __init__(self, args: argparse.Namespace, base: dict[str, Any]) -> None:
-        from bench.galen.peak import matmul_peak
+        from bench.galen.peak import METHOD, matmul_peak
 
         self.args, self.base = args, base
         self.path = args.out / "data" / "final.json"  # committed with the runs' archives
@@ -193,10 +193,14 @@ class Finalizer:
         cpu = archive.cpu_name()
         first = self.done.get("peak")
         self.peak_key = "peak" if first is None or first.get("cpu") == cpu else f"peak/{cpu}"
-        if self.peak_key not in self.done:
+        stored = self.done.get(self.peak_key)
+        if stored is None or stored.get("method") != METHOD:
+            if stored is not None:  # measured the older way on this CPU: kept for the record, its floors recomputed
+                self.done[f"superseded/{self.peak_key}"] = stored
             self.done[self.peak_key] = {**matmul_peak(), "cpu": cpu}
             self._save()
         self.peak = self.done[self.peak_key]
+        self.peaks = {v["cpu"]: v for k, v in self.done.items() if k == "peak" or k.startswith("peak/")}
         self.envs: dict[int, Any] = {}
 
     def _env(self, seed: int) -> Any:
@@ -213,9 +217,21 @@ class Finalizer:
 
     def remeasure(self, key: str, seed: int, record: dict[str, Any]) -> dict[str, Any]:
         """The policy rebuilt and exported, timed against the reference without the cache; its latency floor."""
-        if key in self.done:
-            return self.done[key]
+        if key not in self.done:
+            self.done[key] = self._measure(seed, record)
+            self._save()
+        return self._with_floors(self.done[key])
+
+    def _with_floors(self, measured: dict[str, Any]) -> dict[str, Any]:
+        """Floors from the stored MACs and the peak of the CPU the policy was timed on (never stored: a peak may be re-measured)."""
         from bench.galen.peak import floor_ms
+
+        peak, reference = self.peaks[measured["cpu"]], measured["reference_ms"]
+        floor = floor_ms(measured["macs_fp32"], measured["macs_int8"], peak)
+        ref_floor = floor_ms(measured["reference_macs"], 0, peak)
+        return {**measured, "floor_ms": floor, "floor_ratio": floor / reference, "reference_floor_ratio": ref_floor / reference}
+
+    def _measure(self, seed: int, record: dict[str, Any]) -> dict[str, Any]:
         from compression.policy import CompressionPolicy
         from hardware.protocol import device_lock, measure
 
@@ -224,22 +240,17 @@ class Finalizer:
         with device_lock(env.ctx.target.name):
             m = measure(compressed.artifact.data, env.ctx.target, env.ctx.reference)
         fp32, int8 = _macs_by_precision(compressed)
-        ref_fp32 = env.ctx.reference_costs.macs
-        floor = floor_ms(fp32, int8, self.peak)
-        self.done[key] = {
+        return {
             "latency_ms": m.candidate.median_ms,
             "reference_ms": m.reference.median_ms,
             "ratio": m.ratio,
             "spread": m.spread,
             "macs_fp32": fp32,
             "macs_int8": int8,
-            "floor_ms": floor,
-            "floor_ratio": floor / m.reference.median_ms,
-            "reference_floor_ratio": floor_ms(ref_fp32, 0, self.peak) / m.reference.median_ms,
+            "reference_macs": env.ctx.reference_costs.macs,
+            "cpu": archive.cpu_name(),
             "artifact_bytes": len(compressed.artifact.data),
         }
-        self._save()
-        return self.done[key]
 
     def finetune(self, key: str, seed: int, record: dict[str, Any]) -> dict[str, Any]:
         """The fixed fine-tune (``--finetune-steps`` SGD steps with simulated quantization): test accuracy before and after."""
@@ -322,7 +333,8 @@ def collect(args: argparse.Namespace, base: dict[str, Any]) -> dict[str, Any]:
     earlier = final.done.get("reference") if final.reference_key != "reference" else None  # a base model whose sha was not kept
     return {
         "peak": final.peak,
-        "peaks": [v for k, v in final.done.items() if k == "peak" or k.startswith("peak/")],
+        "peaks": list(final.peaks.values()),
+        "superseded_peaks": [v for k, v in final.done.items() if k.startswith("superseded/")],
         "reference_test_accuracy": reference["test_accuracy"],
         "reference": reference,
         "earlier_reference": earlier,
