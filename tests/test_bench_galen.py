@@ -190,3 +190,17 @@ def test_a_peak_measured_the_old_way_is_remeasured_and_floors_follow(tmp_path, m
     # measured the current way: a second start keeps it
     bench_run.Finalizer(argparse.Namespace(out=tmp_path), {"path": "unused"})
     assert json.loads((tmp_path / "data" / "final.json").read_text())[f"peak/{cpu}"] == new
+
+
+def test_floor_check_says_where_the_floor_exceeds_the_measured_latency() -> None:
+    from bench.galen.write import _floor_check
+
+    def row(cpu: str, ratio: float) -> dict:
+        return {"remeasured": {"cpu": cpu, "reference_floor_ratio": ratio}}
+
+    below = {"rows": {"b20/tpe": {"0": row("A", 0.9), "1": row("A", 0.95)}}}
+    expected = " Check (A: the uncompressed model's floor is 90.0-95.0% of its measured latency): below 100% everywhere, so the"
+    assert _floor_check(below) == expected + " floors are lower bounds."
+    mixed = {"rows": {"b20/tpe": {"0": row("A", 0.9), "1": row("B", 1.1)}}}
+    assert "**above 100% on B**" in _floor_check(mixed) and "B: the uncompressed model's floor is 110.0-110.0%" in _floor_check(mixed)
+    assert _floor_check({"rows": {"b20/tpe": {"0": {"remeasured": None}}}}) == ""

@@ -177,6 +177,11 @@ def _lowest(results: dict[str, Any], budget: float, method: str) -> float | None
     return min(lows) if lows else None
 
 
+def _lowest_any(results: dict[str, Any], budget: float) -> float | None:
+    """The lowest cost any method's search for ``budget`` reached."""
+    return min((v for m in METHODS if (v := _lowest(results, budget, m)) is not None), default=None)
+
+
 def _finished(results: dict[str, Any], budget: float, method: str) -> bool:
     return any(s["status"] == "finished" for s in _seeds(results["rows"].get(f"{budget_tag(budget)}/{method}", {})))
 
@@ -241,7 +246,7 @@ def discussion(results: dict[str, Any]) -> list[str]:
     lines = ["## Comparison with Galen and AMC", ""]
     galen = 0.2 if 0.2 in results["config"]["budgets"] else results["config"]["budgets"][0]
     joint = _best(results, galen, "sac-joint")
-    lowest = min((v for m in METHODS if (v := _lowest(results, galen, m)) is not None), default=None)
+    lowest = _lowest_any(results, galen)
     if joint and base_acc is not None:
         loss = base_acc - statistics.mean(joint)
         lines.append(
@@ -250,9 +255,7 @@ def discussion(results: dict[str, Any]) -> list[str]:
             f"fine-tuning (base {100 * base_acc:.1f}%). {'Equal to Galen.' if loss <= 0.01 else 'Worse than Galen.'}"
         )
     else:
-        anywhere = min(
-            ((v, b) for b in results["config"]["budgets"] for m in METHODS if (v := _lowest(results, b, m)) is not None), default=None
-        )
+        anywhere = min(((v, b) for b in results["config"]["budgets"] if (v := _lowest_any(results, b)) is not None), default=None)
         reach = (
             f"the lowest latency any method reached searching for it was {_pct(lowest)}% of the uncompressed model"
             if lowest is not None
@@ -399,26 +402,23 @@ def _earlier_base(results: dict[str, Any]) -> str:
 
 def _floor_check(results: dict[str, Any]) -> str:
     """Whether the uncompressed model ran faster than its floor anywhere: then the peak was not the core's peak."""
-    above: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}  # per CPU: the uncompressed model's floor / its measured latency
     for seeds in results["rows"].values():
         for v in seeds.values():
             if v.get("remeasured"):
-                above.setdefault(v["remeasured"]["cpu"], []).append(v["remeasured"]["reference_floor_ratio"])
-    parts = [
+                ratios.setdefault(v["remeasured"]["cpu"], []).append(v["remeasured"]["reference_floor_ratio"])
+    if not ratios:
+        return ""
+    parts = "; ".join(
         f"{cpu}: the uncompressed model's floor is {_pct(min(r))}-{_pct(max(r))}% of its measured latency"
-        for cpu, r in sorted(above.items())
-    ]
-    over = [cpu for cpu, r in above.items() if max(r) > 1]
+        for cpu, r in sorted(ratios.items())
+    )
+    over = [cpu for cpu, r in ratios.items() if max(r) > 1]
+    if not over:
+        return f" Check ({parts}): below 100% everywhere, so the floors are lower bounds."
     return (
-        f" Check ({'; '.join(parts)}): "
-        + (
-            f"**above 100% on {', '.join(over)}**: the matrix multiply does not reach that core's rate for these convolutions, "
-            "so there the floors are not lower bounds."
-            if over
-            else "below 100% everywhere, so the floors are lower bounds."
-        )
-        if parts
-        else ""
+        f" Check ({parts}): **above 100% on {', '.join(over)}**: the matrix multiply does not reach that core's rate for these "
+        "convolutions, so there the floors are not lower bounds."
     )
 
 
