@@ -1,7 +1,12 @@
 """Baselines on the same env and budget as the RL agents: uniform policies, random search, and TPE.
 
 - ``uniform``: one keep ratio and one precision everywhere, swept over a grid (keep ratios from
-  ``min_keep`` to 1 for every precision option), the classic hand-tuned baseline.
+  ``min_keep`` to 1 for every precision option), the classic hand-tuned baseline. Played without the
+  action wall (the policies exactly as a person would set them), each distinct policy once.
+- the safety net (:func:`safety_net`): after any search, the best uniform policies the budget
+  allows by the env's cost model (the widest keep for each precision) are played too, recorded with
+  source ``uniform-safety``, so a search never returns something worse than the uniform policy it
+  could have played; reports count them apart from the method's own episodes.
 - ``random``: every action uniformly random; episode i uses the generator seeded (seed, i), so a
   resumed run continues the same sequence.
 - ``tpe``: black-box search over the policy vector (only the action dimensions the env uses) with
@@ -38,24 +43,54 @@ def _option_action(index: int, count: int) -> float:
     return (index + 0.5) / count
 
 
+def uniform_actions(env: Any, keep: float, precision: int) -> np.ndarray:
+    """The (units, k) action matrix of one keep action and precision option index everywhere."""
+    count = len(env.ctx.weight_options)
+    row = {"prune": [keep], "quantize": [_option_action(precision, count)], "joint": [keep, _option_action(precision, count)]}[env.kind]
+    return np.tile(np.array(row, np.float32), (len(env.units), 1))
+
+
 def uniform_grid(env: Any, episodes: int, steps: int = 0) -> list[np.ndarray]:
-    """Uniform policies: for each precision option, ``steps`` keep ratios from min_keep to 1 (all layers alike)."""
-    k = env.action_space.shape[0]
-    units = len(env.units)
-    precisions = len(env.ctx.weight_options) if k > 1 else 1
+    """Distinct uniform policies: for each precision option, ``steps`` keep ratios from min_keep to 1 (all layers alike)."""
+    precisions = len(env.ctx.weight_options) if env.kind != "prune" else 1
     if env.kind == "quantize":
         keeps = [1.0]
     else:
         steps = steps or max(1, math.ceil(episodes / precisions))
         keeps = list(np.linspace(0.0, 1.0, steps)) if steps > 1 else [1.0]
-    grid = []
+    grid, seen = [], set()
     for p in range(precisions):
         for keep in keeps:
-            row = [keep] if env.kind != "quantize" else []
-            if k > 1:
-                row += [_option_action(p, precisions)] * 2
-            grid.append(np.tile(np.array(row, np.float32), (units, 1)))
+            actions = uniform_actions(env, keep, p)
+            key = env.decode_policy(actions).to_json()
+            if key not in seen:  # channel rounding maps neighbouring keep ratios onto the same policy
+                seen.add(key)
+                grid.append(actions)
     return grid
+
+
+def safety_net(env: Any, steps: int = 41) -> list[np.ndarray]:
+    """For each precision option, the widest uniform policy whose predicted cost is within the wall's limit."""
+    precisions = len(env.ctx.weight_options) if env.kind != "prune" else 1
+    keeps = [1.0] if env.kind == "quantize" else list(np.linspace(1.0, 0.0, steps))
+    chosen = []
+    for p in range(precisions):
+        for keep in keeps:
+            actions = uniform_actions(env, keep, p)
+            if env.ctx.analytic_cost(env.decode_policy(actions)) <= env.limit():
+                chosen.append(actions)
+                break
+    return chosen
+
+
+def play_safety_net(env: Any, record: Any) -> int:
+    """Play :func:`safety_net` without the wall; ``record(info, source, extra)`` stores each; returns how many."""
+    played = 0
+    with env.unguarded():
+        for actions in safety_net(env):
+            record(play(env, actions), "uniform-safety", {"actions": actions.tolist()})
+            played += 1
+    return played
 
 
 def _random_actions(env: Any, seed: int, episode: int) -> np.ndarray:
@@ -130,7 +165,11 @@ def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: i
                 on_episode(record)
         return ran
     for actions in baseline_actions(method, env, episodes, seed, done, uniform_steps):
-        info = play(env, actions, seed)
+        if method == "uniform":
+            with env.unguarded():
+                info = play(env, actions, seed)
+        else:
+            info = play(env, actions, seed)
         record = log_.record(info, method, {"actions": actions.tolist()})
         ran += 1
         if on_episode:

@@ -28,13 +28,19 @@ class AgentConfig:
     algo: str = _f("sac", "sac | ppo (RLlib, new API stack) or a baseline: uniform | random | tpe")
     lr: float = _f(3e-4, "actor learning rate (PPO: the learning rate)", ("loguniform", 1e-4, 3e-3))
     critic_lr: float = _f(3e-4, "SAC critic learning rate", ("loguniform", 1e-4, 3e-3))
-    alpha_lr: float = _f(3e-4, "SAC entropy-temperature learning rate", ("loguniform", 1e-4, 3e-3))
-    gamma: float = _f(0.99, "discount; the reward comes at the episode's end", ("uniform", 0.9, 1.0))
+    alpha_lr: float = _f(0.0, "SAC entropy-temperature learning rate (0: the temperature stays at initial_alpha)")
+    gamma: float | None = _f(
+        None,
+        "discount (None: 0 for SAC, whose every step gets the episode's reward; 0.99 for PPO, rewarded at the end)",
+        ("uniform", 0.9, 1.0),
+    )
     tau: float = _f(0.01, "SAC target-network update rate", ("loguniform", 1e-3, 5e-2))
-    initial_alpha: float = _f(0.5, "SAC initial entropy temperature (high: explore longer)", ("loguniform", 0.05, 2.0))
+    initial_alpha: float = _f(0.01, "SAC entropy temperature (small: the actor's mean follows the critic)", ("loguniform", 1e-3, 0.1))
+    noise_initial: float = _f(0.5, "SAC exploration: std of the truncated-normal action noise after warm-up (action units)")
+    noise_final: float = _f(0.02, "SAC exploration: std at the run's last episode (decays geometrically)")
     train_batch_size: int = _f(64, "SAC transitions per update", ("choice", 32, 64, 128))
     buffer_size: int = _f(20000, "SAC replay buffer capacity in transitions")
-    warmup_episodes: int = _f(10, "SAC: episodes of uniformly random actions before the first update")
+    warmup_episodes: int | None = _f(None, "SAC: episodes of uniformly random actions before the first update (None: 15% of the run)")
     updates_per_episode: int = _f(8, "SAC gradient updates per sampled episode", ("choice", 4, 8, 16))
     hidden: tuple[int, ...] = _f((256, 256), "hidden layer sizes of the actor and critic MLPs")
     episodes_per_iteration: int = _f(
@@ -48,16 +54,17 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
             raise ConfigError("agent config", "algo", self.algo, ", ".join(ALGOS))
-        positive = ("lr", "critic_lr", "alpha_lr", "tau", "initial_alpha")
+        positive = ("lr", "critic_lr", "tau", "initial_alpha", "noise_initial", "noise_final")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError("agent config", name, getattr(self, name), "a number > 0")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError("agent config", "gamma", self.gamma, "a number in (0, 1]")
+        if not self.alpha_lr >= 0:
+            raise ConfigError("agent config", "alpha_lr", self.alpha_lr, "a number >= 0")
+        if self.gamma is not None and not 0 <= self.gamma <= 1:
+            raise ConfigError("agent config", "gamma", self.gamma, "a number in [0, 1] or null")
         at_least = {
             "train_batch_size": 1,
             "buffer_size": 100,
-            "warmup_episodes": 0,
             "updates_per_episode": 1,
             "episodes_per_iteration": 1,
             "ppo_epochs": 1,
@@ -68,10 +75,21 @@ class AgentConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError("agent config", name, value, f"an integer >= {low}")
+        if self.warmup_episodes is not None and (not isinstance(self.warmup_episodes, int) or self.warmup_episodes < 0):
+            raise ConfigError("agent config", "warmup_episodes", self.warmup_episodes, "an integer >= 0 or null")
         if self.entropy_coeff < 0:
             raise ConfigError("agent config", "entropy_coeff", self.entropy_coeff, "a number >= 0")
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise ConfigError("agent config", "hidden", self.hidden, "a non-empty list of positive integers")
+
+    def discount(self, algo: str) -> float:
+        return self.gamma if self.gamma is not None else (0.0 if algo == "sac" else 0.99)
+
+    def warmup_for(self, episodes: int) -> int:
+        """Warm-up episodes of a run of ``episodes``: the field, or 15% of the run (AMC/HAQ/Galen: 10-20%), at least 4."""
+        if self.warmup_episodes is not None:
+            return self.warmup_episodes
+        return max(4, round(0.15 * episodes))
 
     @property
     def is_rl(self) -> bool:
@@ -97,8 +115,8 @@ class AgentConfig:
 def search_space_defaults(algo: str) -> dict[str, tuple]:
     """The fields a sweep tunes for ``algo`` by default, with their space (from the field metadata)."""
     relevant = {
-        "sac": ("lr", "critic_lr", "alpha_lr", "gamma", "tau", "initial_alpha", "train_batch_size", "updates_per_episode"),
-        "ppo": ("lr", "gamma", "entropy_coeff", "episodes_per_iteration", "ppo_epochs"),
+        "sac": ("lr", "critic_lr", "tau", "initial_alpha", "train_batch_size", "updates_per_episode"),
+        "ppo": ("lr", "entropy_coeff", "episodes_per_iteration", "ppo_epochs"),
     }.get(algo, ())
     spaces = tunable_spaces()
     return {name: spaces[name] for name in relevant}

@@ -43,6 +43,9 @@ RECORD_FIELDS = (
     "objective",
     "target_ratio",
     "within_budget",
+    "predicted_ratio",
+    "clamped_steps",
+    "repaired",
     "policy",
     "seconds",
 )

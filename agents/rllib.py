@@ -1,17 +1,23 @@
 """RLlib (new API stack) configurations of SAC and PPO for Galen's episodes: short, with the reward at the end.
 
-Choices, and why:
+Choices, and why (AMC, HAQ and Galen train DDPG this way; RLlib 2.60 has no DDPG/TD3):
 
 - One sample call collects one whole episode (``rollout_fragment_length`` = the env's units,
   ``complete_episodes``); SAC then makes ``updates_per_episode`` gradient updates. RLlib's SAC
-  default (a fragment of 1 step, one update per env step) measured 10x slower here, mostly
-  round trips to the env runner.
-- SAC's first ``warmup_episodes`` are uniformly random actions (AMC/HAQ/Galen warm up DDPG the
-  same way) and learning starts only after them. RLlib's SAC has no random warm-up; its initial
-  policy is a squashed Gaussian whose samples pile up at the bounds, so :class:`WarmupSACModule`
-  returns, during warm-up, a distribution that is a point at a uniformly drawn action.
-- Exploration: a high initial entropy temperature (``initial_alpha``) with the automatic target
-  entropy for SAC, an entropy bonus for PPO.
+  default (a fragment of 1 step, one update per env step) measured 10x slower here.
+- The final reward is given to every step of the episode, less a moving baseline and divided by a
+  moving spread (:mod:`agents.callbacks`), and SAC's discount is 0: each step's critic learns the
+  episode's outcome given the state and the action (AMC's and HAQ's broadcast reward). The env's
+  action wall may change an action; the applied action replaces the requested one in the episode
+  before it reaches the replay buffer, so the agent learns from what was played.
+- Exploration (:class:`GalenSACModule`): the first ``warmup_episodes`` are uniformly random actions
+  (learning starts after them); then the actor's deterministic action plus truncated-normal noise
+  whose scale decays geometrically from ``noise_initial`` to ``noise_final`` over the run's
+  episodes, DDPG-style. SAC's entropy temperature is kept small and fixed (``alpha_lr`` 0), so its
+  actor's mean converges on the critic's best action instead of staying random.
+- The schedule follows the run's episode count, which the driver sets on the env runners before
+  every iteration (:func:`set_progress`), and the noise generator is seeded from (seed, episode):
+  a resumed run continues the schedule and never replays its warm-up.
 """
 
 from __future__ import annotations
@@ -29,31 +35,72 @@ from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 from agents.callbacks import EpisodeCallback
 from agents.config import AgentConfig
 
-WARMUP_KEY = "galen_warmup_steps"
-SEED_KEY = "galen_seed"
+SCHEDULE_KEY = "galen_schedule"
 # The squashed Gaussian clips log-std at -20 (RLlib's log_std_clip_param); exp(-20) is a point for any use.
 POINT_LOG_STD = -20.0
 
 
-class WarmupSACModule(DefaultSACTorchRLModule):
-    """SAC's default module; on an env runner its first ``galen_warmup_steps`` exploration actions are uniform."""
+def noise_scale(episode: int, schedule: dict[str, Any]) -> float | None:
+    """Exploration noise (std, in env action units [0, 1]) of ``episode``; None during warm-up (uniform actions)."""
+    warmup, total = schedule["warmup_episodes"], schedule["episodes"]
+    if episode < warmup:
+        return None
+    progress = min(1.0, (episode - warmup) / max(1, total - warmup - 1))
+    return schedule["noise_initial"] * (schedule["noise_final"] / schedule["noise_initial"]) ** progress
+
+
+def truncated_normal(mean: torch.Tensor, std: float, low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    """Samples of N(mean, std) truncated to [low, high] (inverse CDF), elementwise."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    a = normal.cdf((low - mean) / std)
+    b = normal.cdf((high - mean) / std)
+    u = a + (b - a) * torch.rand(mean.shape, generator=generator)
+    return (mean + std * normal.icdf(u.clamp(1e-6, 1 - 1e-6))).clamp(low, high)
+
+
+class GalenSACModule(DefaultSACTorchRLModule):
+    """SAC's default module with Galen's exploration on env runners: uniform warm-up, then decaying truncated noise."""
 
     def setup(self) -> None:
         super().setup()
-        self._warmup_left = int(self.model_config.get(WARMUP_KEY, 0))
-        self._generator = torch.Generator().manual_seed(int(self.model_config.get(SEED_KEY, 0)))
+        self.schedule = dict(self.model_config.get(SCHEDULE_KEY) or {"warmup_episodes": 0, "episodes": 1, "units": 1, "seed": 0})
+        self.schedule.setdefault("noise_initial", 0.5)
+        self.schedule.setdefault("noise_final", 0.02)
+        self.set_progress(0)
+
+    def set_progress(self, episodes_done: int) -> None:
+        """The run has ``episodes_done`` episodes: continue the schedule from there (a fresh generator per position)."""
+        self._episode0 = int(episodes_done)
+        self._steps = 0
+        self._generator = torch.Generator().manual_seed(int(self.schedule["seed"]) * 1_000_003 + self._episode0)
+
+    def current_episode(self) -> int:
+        return self._episode0 + self._steps // max(1, int(self.schedule["units"]))
 
     def _forward_exploration(self, batch: dict, **kwargs: Any) -> dict[str, Any]:
         out = self._forward_inference(batch)
-        if self._warmup_left <= 0:
-            return out
         logits = out[Columns.ACTION_DIST_INPUTS]  # (B, 2 * action_dim): mean, log_std before tanh
         batch_size, width = logits.shape
-        self._warmup_left -= batch_size
-        uniform = torch.rand((batch_size, width // 2), generator=self._generator) * 2 - 1  # the squashed action in (-1, 1)
-        loc = torch.atanh(uniform.clamp(-0.999999, 0.999999))
+        std = noise_scale(self.current_episode(), self.schedule)
+        self._steps += batch_size
+        if std is None:  # warm-up: uniform in the squashed space (-1, 1)
+            squashed = torch.rand((batch_size, width // 2), generator=self._generator) * 2 - 1
+        else:  # env units [0, 1] are half the squashed units
+            squashed = truncated_normal(torch.tanh(logits[:, : width // 2].detach()), 2 * std, -1.0, 1.0, self._generator)
+        loc = torch.atanh(squashed.clamp(-0.999999, 0.999999))
         out[Columns.ACTION_DIST_INPUTS] = torch.cat([loc, torch.full_like(loc, POINT_LOG_STD)], dim=-1).to(logits.dtype)
         return out
+
+
+def set_progress(algo: Any, episodes_done: int) -> None:
+    """Tell every env runner's module how many episodes the run holds (the exploration schedule's position)."""
+
+    def apply(runner: Any) -> None:
+        module = getattr(runner, "module", None)
+        if module is not None and hasattr(module, "set_progress"):
+            module.set_progress(episodes_done)
+
+    algo.env_runner_group.foreach_env_runner(apply)
 
 
 def build_algo_config(
@@ -63,14 +110,15 @@ def build_algo_config(
     units: int,
     seed: int,
     recorder: str | None = None,
+    episodes: int = 100,
 ) -> AlgorithmConfig:
-    """The RLlib config of ``agent.algo`` for an env with ``units`` decisions per episode.
+    """The RLlib config of ``agent.algo`` for an env with ``units`` decisions per episode, for a run of ``episodes``.
 
     ``recorder`` names the run's recorder actor (see :mod:`agents.recorder`) that every finished
     episode is sent to.
     """
     if agent.algo == "sac":
-        config = _sac(agent, units, seed)
+        config = _sac(agent, units, seed, episodes)
     elif agent.algo == "ppo":
         config = _ppo(agent, units)
     else:
@@ -96,24 +144,33 @@ def build_algo_config(
         )
         # A broken env runner is restarted a few times, not forever (a bug must surface).
         .fault_tolerance(restart_failed_env_runners=True, max_num_env_runner_restarts=3)
-        .callbacks(EpisodeCallback.bound(recorder, source=agent.algo))
+        .callbacks(EpisodeCallback.bound(recorder, source=agent.algo, broadcast=agent.algo == "sac"))
     )
     return config
 
 
-def _sac(agent: AgentConfig, units: int, seed: int) -> AlgorithmConfig:
+def _sac(agent: AgentConfig, units: int, seed: int, episodes: int) -> AlgorithmConfig:
     batch = agent.train_batch_size
     # RLlib's round-robin weights (dqn.calculate_rr_weights): updates per sample call =
     # training_intensity / (batch / (fragment x (env_runners + 1))); choose it to give updates_per_episode.
     native_ratio = batch / (units * (agent.env_runners + 1))
-    warmup_steps = agent.warmup_episodes * units
+    warmup = agent.warmup_for(episodes)
+    warmup_steps = warmup * units
+    schedule = {
+        "warmup_episodes": warmup,
+        "episodes": episodes,
+        "units": units,
+        "seed": seed,
+        "noise_initial": agent.noise_initial,
+        "noise_final": agent.noise_final,
+    }
     config = (
         SACConfig()
         .training(
             actor_lr=agent.lr,
             critic_lr=agent.critic_lr,
             alpha_lr=agent.alpha_lr,
-            gamma=agent.gamma,
+            gamma=agent.discount("sac"),
             tau=agent.tau,
             initial_alpha=agent.initial_alpha,
             target_entropy="auto",
@@ -124,8 +181,8 @@ def _sac(agent: AgentConfig, units: int, seed: int) -> AlgorithmConfig:
         )
         .rl_module(
             rl_module_spec=RLModuleSpec(
-                module_class=WarmupSACModule,
-                model_config={"fcnet_hiddens": list(agent.hidden), WARMUP_KEY: warmup_steps, SEED_KEY: seed},
+                module_class=GalenSACModule,
+                model_config={"fcnet_hiddens": list(agent.hidden), SCHEDULE_KEY: schedule},
             )
         )
     )
@@ -138,7 +195,7 @@ def _ppo(agent: AgentConfig, units: int) -> AlgorithmConfig:
         PPOConfig()
         .training(
             lr=agent.lr,
-            gamma=agent.gamma,
+            gamma=agent.discount("ppo"),
             lambda_=0.95,
             entropy_coeff=agent.entropy_coeff,
             train_batch_size_per_learner=batch,

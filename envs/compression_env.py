@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import math
+import contextlib
+import dataclasses
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import gymnasium as gym
@@ -12,15 +14,18 @@ import numpy as np
 from compression.finetune import finetune, recalibrate_batch_norm
 from compression.pipeline import Compressed, build, compress
 from compression.plan import layer_specs, planned_structure
-from compression.policy import CompressionPolicy, Precision
+from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
 from compression.pruning import kept_channels
 from envs.config import EnvConfig
 from envs.context import EnvContext
 from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
+from envs.wall import Option, Wall
+from hardware.client import LatencyClient
 
-ACTION_DIMS = {"prune": 1, "quantize": 2, "joint": 3}
+ACTION_DIMS = {"prune": 1, "quantize": 1, "joint": 2}
 STATIC_FEATURES = 8
+BUDGET_FEATURES = 3
 OBS_LIMIT = 10.0
 
 
@@ -33,18 +38,24 @@ class CompressionEnv(gym.Env):
     hardware target. Each step decides one unit: a pruning group (``galen/Prune-v0``), a quantizable
     layer (``galen/Quantize-v0``) or a layer with both (``galen/Joint-v0``; the keep ratio of a group
     is decided at its first layer and is ignored at the group's other layers and at output layers).
-    After the last decision the policy is applied for real: physical pruning, batch-norm
-    recalibration, an optional short fine-tune with simulated quantization, the deployable ONNX
-    artifact (int8 kernels where asked), its accuracy on the validation subset (ONNX Runtime), and
-    its latency on the target from the hardware layer (cache first).
+    With ``budget_guard`` (default) every step is clamped by the action wall (``envs.wall``): the
+    budget stays reachable and nothing is compressed more than it needs, by the objective's cost
+    model (for latency: the per-layer predictor calibrated on the target and re-fitted on every
+    measured episode). After the last decision a repair pass lowers decisions while the predicted
+    cost is over budget; the policy is then applied for real: physical pruning, batch-norm
+    re-estimation on ``bn_batches`` x 64 training images, an optional short distillation with
+    simulated quantization, the deployable ONNX artifact (int8 kernels where asked), its accuracy on
+    ``val_size`` validation images (ONNX Runtime), and its latency on the target (cache first).
 
     ## Action Space
 
-    ``Box(0, 1, (k,))``: k = 1 (keep ratio), 2 (weight and activation precision) or 3 (keep, weight,
-    activation). Keep ratio ``min_keep + a (1 - min_keep)``, rounded to whole multiples of
-    ``round_to`` channels. Precision: ``a`` indexes the options sorted from most compressed to float
-    (for latency on a CPU target: 8 or 32 bits; for MACs, BOPs or bytes: 2..8 or 32). Action 1
-    everywhere is no compression.
+    ``Box(0, 1, (k,))``: k = 1 (prune: keep ratio; quantize: precision) or 2 (joint: keep ratio,
+    precision). Keep ratio ``min_keep + a (1 - min_keep)``, rounded to whole multiples of
+    ``round_to`` channels. Precision: one decision per layer for weights and activations alike;
+    ``a`` indexes the options sorted from most compressed to float (for latency on a CPU target:
+    int8 below 0.5, float above; for MACs, BOPs or bytes: 2..8 bits or float). Action 1 everywhere
+    is no compression. The action the wall applied is in ``info["applied_action"]`` and in the next
+    observation; that, not the requested one, is what agents learn from.
 
     ## Observation Space
 
@@ -53,25 +64,29 @@ class CompressionEnv(gym.Env):
     fractions of the total (standardised over the layers with statistics fixed when the env is
     built); its group's pruning sensitivity at keep 1.0..0.1 and its quantization sensitivity per
     precision option (log(1 + 100 KL)); whether its keep ratio is decided here; the MACs of the
-    decided part so far as a fraction of the total; the previous action.
+    decided part so far as a fraction of the total; the predicted cost of the decided part with the
+    rest uncompressed and with the rest at its most compressed, and the budget the wall aims at
+    (all as fractions of the uncompressed cost); the previous applied action.
 
     ## Reward
 
-    0 until the last step, then the configured reward (``envs.rewards``): ``galen`` acc - 5|C/T - 1|,
-    ``constrained-soft``, ``constrained-hard`` or ``amc``, where C is latency, MACs, BOPs or bytes and
-    T = target_ratio x C(uncompressed).
+    0 until the last step, then the configured reward (``envs.rewards``): ``accuracy`` (default:
+    accuracy within budget, the wall makes every episode feasible; over budget it is penalised as
+    ``constrained-hard``), ``galen`` acc - 5|C/T - 1|, ``constrained-soft``, ``constrained-hard`` or
+    ``amc``, where C is latency, MACs, BOPs or bytes and T = target_ratio x C(uncompressed).
 
     ## Episode End
 
     ``terminated=True`` after the last unit (no truncation). The final ``info`` holds the policy
-    (JSON), accuracy and the uncompressed model's accuracy, latency in ms and as a ratio, MACs,
-    BOPs, weight and artifact bytes, the reward's parts, and timings.
+    (JSON), accuracy and the uncompressed model's accuracy, latency in ms and as a ratio (measured)
+    and the predicted ratio, MACs, BOPs, weight and artifact bytes, the reward's parts, how many
+    steps the wall clamped and how many decisions the repair lowered, and timings.
 
     ## Arguments
 
     One ``EnvConfig`` (or a dict of its fields, as RLlib passes ``env_config``): model, dataset,
     checkpoint, target, objective, target_ratio, reward, budget_guard, latency_source, val_size,
-    finetune_steps, seed, and the rest documented in ``envs.config``.
+    bn_batches, finetune_steps, seed, and the rest documented in ``envs.config``.
     """
 
     metadata = {"render_modes": []}
@@ -95,12 +110,21 @@ class CompressionEnv(gym.Env):
         self.group_heads = {g.name: g for g in s.groups}
         k = ACTION_DIMS[self.kind]
         self.action_space = gym.spaces.Box(0.0, 1.0, (k,), np.float32)
-        obs_dim = 1 + STATIC_FEATURES + len(KEEP_RATIOS) + (len(self.ctx.weight_options) - 1) + 1 + 1 + k
+        obs_dim = 1 + STATIC_FEATURES + len(KEEP_RATIOS) + (len(self.ctx.weight_options) - 1) + 1 + 1 + BUDGET_FEATURES + k
         self.observation_space = gym.spaces.Box(-OBS_LIMIT, OBS_LIMIT, (obs_dim,), np.float32)
+        self.precisions = [Precision(b, b) for b in self.ctx.weight_options]  # most compressed first; the last is float
+        self.wall = Wall(
+            self.units,
+            {u: self._options(u) for u in self.units},
+            {u: (u if self._keeps_here(u) else None) for u in self.units},
+            {u: (u if self._quantizes_here() else None) for u in self.units},
+            self.ctx.analytic_cost,
+        )
         self._t = 0
         self._keep: dict[str, float] = {}
         self._precision: dict[str, Precision] = {}
         self._previous = np.ones(k, np.float32)
+        self._clamped = 0
         self.episodes = 0
 
     # --- decoding --------------------------------------------------------------------------------
@@ -110,21 +134,36 @@ class CompressionEnv(gym.Env):
     def _quantizes_here(self) -> bool:
         return self.kind != "prune"
 
-    def _keep_ratio(self, action: float) -> float:
-        return self.config.min_keep + float(action) * (1.0 - self.config.min_keep)
+    def _keep_ratios(self, unit: str) -> list[float]:
+        """The distinct keep ratios of a group, smallest first (whole multiples of round_to channels, >= min_keep)."""
+        channels = self.group_heads[unit].channels
+        counts = {kept_channels(channels, r, self.config.round_to) for r in np.linspace(self.config.min_keep, 1.0, channels + 1)}
+        return [c / channels for c in sorted(counts)]
 
-    @staticmethod
-    def _option(options: tuple[int, ...], action: float) -> int:
-        return options[min(int(float(action) * len(options)), len(options) - 1)]
+    def _options(self, unit: str) -> list[Option]:
+        keeps: list[float | None] = self._keep_ratios(unit) if self._keeps_here(unit) else [None]
+        precisions: list[Precision | None] = list(self.precisions) if self._quantizes_here() else [None]
+        return [Option(k, p) for k in keeps for p in precisions]  # most compressed first (keep, then precision)
 
-    def _decode(self, unit: str, action: np.ndarray) -> tuple[float | None, Precision | None]:
+    def _decode(self, unit: str, action: np.ndarray) -> Option:
         keep = precision = None
         if self._keeps_here(unit):
-            keep = self._keep_ratio(action[0])
+            channels = self.group_heads[unit].channels
+            ratio = self.config.min_keep + float(action[0]) * (1.0 - self.config.min_keep)
+            keep = kept_channels(channels, ratio, self.config.round_to) / channels
         if self._quantizes_here():
-            w, a = action[-2], action[-1]
-            precision = Precision(self._option(self.ctx.weight_options, w), self._option(self.ctx.activation_options, a))
-        return keep, precision
+            n = len(self.precisions)
+            precision = self.precisions[min(int(float(action[-1]) * n), n - 1)]
+        return Option(keep, precision)
+
+    def _encode(self, option: Option, requested: np.ndarray) -> np.ndarray:
+        """The action that selects ``option`` (the dimensions a unit does not use keep the requested value)."""
+        action = requested.copy()
+        if option.keep is not None:
+            action[0] = np.clip((option.keep - self.config.min_keep) / (1.0 - self.config.min_keep), 0.0, 1.0)
+        if option.precision is not None:
+            action[-1] = (self.precisions.index(option.precision) + 0.5) / len(self.precisions)
+        return action
 
     def action_mask(self) -> np.ndarray:
         """(units, k) booleans: which action dimensions a step actually uses (keep only at a group's first layer)."""
@@ -134,57 +173,50 @@ class CompressionEnv(gym.Env):
             if self._keeps_here(unit):
                 mask[i, 0] = True
             if self._quantizes_here():
-                mask[i, k - 2 :] = True
+                mask[i, k - 1] = True
         return mask
 
-    # --- budget guard ----------------------------------------------------------------------------
-    def _most_compressed_rest(self) -> CompressionPolicy:
-        keep, precision = dict(self._keep), dict(self._precision)
-        lowest = Precision(self.ctx.weight_options[0], self.ctx.activation_options[0])
-        for unit in self.units[self._t + 1 :]:
-            if self._keeps_here(unit):
-                keep[unit] = self.config.min_keep
-            if self._quantizes_here():
-                precision[unit] = lowest
-        return CompressionPolicy(keep, precision)
+    # --- the budget ------------------------------------------------------------------------------
+    def limit(self) -> float:
+        """The cost the wall and the repair aim at: the budget less the predictor's observed error margin."""
+        return self.config.target_ratio * self.ctx.analytic_reference_cost() / (1.0 + self.ctx.wall_margin())
 
-    def _guard(self, unit: str, keep: float | None, precision: Precision | None) -> tuple[float | None, Precision | None]:
-        """The least compressed choice at or below the requested one that still lets the target be met."""
-        rest = self._most_compressed_rest()
-        limit = self.config.target_ratio * self.ctx.analytic_reference_cost
-        keeps: list[float | None] = [keep]
-        if keep is not None:
-            channels = self.group_heads[unit].channels
-            wanted = kept_channels(channels, keep, self.config.round_to)
-            ratios = {kept_channels(channels, r, self.config.round_to): r for r in np.linspace(self.config.min_keep, keep, 12)}
-            keeps = [ratios[c] for c in sorted(ratios, reverse=True) if c <= wanted] or [keep]
-        precisions: list[Precision | None] = [precision]
-        if precision is not None:
-            precisions = [
-                Precision(w, a)
-                for w in self.ctx.weight_options
-                for a in self.ctx.activation_options
-                if w <= precision.weight_bits and a <= precision.activation_bits
-            ]
-        best, best_cost, cheapest, cheapest_cost = None, -math.inf, None, math.inf
-        for k in keeps:
-            for p in precisions:
-                policy = CompressionPolicy(
-                    {**rest.keep, **({unit: k} if k is not None else {})}, {**rest.precision, **({unit: p} if p is not None else {})}
-                )
-                cost = self.ctx.analytic_cost(policy)
-                if cost <= limit and cost > best_cost:
-                    best, best_cost = (k, p), cost
-                if cost < cheapest_cost:
-                    cheapest, cheapest_cost = (k, p), cost
-        return best if best is not None else cheapest
+    def _wall_step(self, unit: str, requested: Option, action: np.ndarray) -> tuple[Option, np.ndarray]:
+        allowed = self.wall.bounds(self.policy(), self._t, self.limit())
+        if requested in allowed:
+            return requested, action
+
+        def distance(option: Option) -> float:
+            return float(np.abs(self._encode(option, action) - action).sum())
+
+        chosen = min(allowed, key=distance)
+        return chosen, self._encode(chosen, action)
+
+    def sensitivity_loss(self, unit: str, option: Option) -> float:
+        """What a unit's option costs in accuracy, by the sensitivity tables (KL; for the repair pass's order)."""
+        loss = 0.0
+        if option.keep is not None:
+            curve = self.ctx.sensitivity["prune"].get(unit, [0.0] * len(KEEP_RATIOS))
+            loss += float(np.interp(option.keep, KEEP_RATIOS[::-1], curve[::-1]))
+        if option.precision is not None and option.precision.weight_bits < FLOAT_BITS:
+            quant = self.ctx.sensitivity["quantize"].get(unit, [])
+            index = self.precisions.index(option.precision)
+            loss += quant[index] if index < len(quant) else 0.0
+        return loss
 
     # --- observation ---------------------------------------------------------------------------------
+    def _budget_features(self) -> list[float]:
+        reference = self.ctx.analytic_reference_cost()
+        decided = self.policy()
+        uncompressed_rest = self.ctx.analytic_cost(decided) / reference
+        compressed_rest = self.ctx.analytic_cost(self.wall.rest_at_most(decided, self._t)) / reference
+        return [uncompressed_rest, compressed_rest, self.limit() / reference]
+
     def _observation(self) -> np.ndarray:
         t = min(self._t, len(self.units) - 1)
         unit = self.units[t]
         layer = self.layer_index[unit]
-        decided = CompressionPolicy(dict(self._keep), dict(self._precision))
+        decided = self.policy()
         planned = planned_structure(self.ctx.structure, decided, self.config.round_to)
         done_layers = (
             set(self.units[: self._t]) if self.kind != "prune" else {m for u in self.units[: self._t] for m in self.group_heads[u].members}
@@ -197,6 +229,7 @@ class CompressionEnv(gym.Env):
                 self.ctx.layer_features[layer],
                 sens,
                 [1.0 if self._keeps_here(unit) else 0.0, macs_so_far],
+                self._budget_features(),
                 self._previous,
             ]
         ).astype(np.float32)
@@ -208,22 +241,24 @@ class CompressionEnv(gym.Env):
         self._t = 0
         self._keep, self._precision = {}, {}
         self._previous = np.ones(self.action_space.shape, np.float32)
+        self._clamped = 0
         return self._observation(), {"unit": self.units[0], "units": len(self.units)}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         action = np.clip(np.asarray(action, np.float32).reshape(self.action_space.shape), 0.0, 1.0)
         unit = self.units[self._t]
-        keep, precision = self._decode(unit, action)
-        requested = (keep, precision)
+        requested = self._decode(unit, action)
+        option, applied = requested, action
         if self.config.budget_guard:
-            keep, precision = self._guard(unit, keep, precision)
-        if keep is not None:
-            self._keep[unit] = keep
-        if precision is not None:
-            self._precision[unit] = precision
-        self._previous = action
+            option, applied = self._wall_step(unit, requested, action)
+        self._clamped += option != requested
+        if option.keep is not None:
+            self._keep[unit] = option.keep
+        if option.precision is not None:
+            self._precision[unit] = option.precision
+        self._previous = applied
         self._t += 1
-        info: dict[str, Any] = {"unit": unit, "guarded": (keep, precision) != requested}
+        info: dict[str, Any] = {"unit": unit, "guarded": option != requested, "applied_action": applied}
         if self._t < len(self.units):
             return self._observation(), 0.0, False, False, info
         info.update(self._finish())
@@ -235,38 +270,43 @@ class CompressionEnv(gym.Env):
         return CompressionPolicy(dict(self._keep), dict(self._precision))
 
     def build_compressed(self, policy: CompressionPolicy, finetune_steps: int | None = None) -> Compressed:
-        """``policy`` applied the way an episode applies it: prune, recalibrate BN, (fine-tune), the deployable artifact."""
+        """``policy`` applied the way an episode applies it: prune, re-estimate BN, (distil), the deployable artifact."""
         ctx, config = self.ctx, self.config
         steps = config.finetune_steps if finetune_steps is None else finetune_steps
         compressed = compress(
             ctx.model, policy, ctx.example, ctx.calibration, build=False, structure=ctx.structure, round_to=config.round_to
         )
         pruned = any(r < 1.0 for r in policy.keep.values())
-        if pruned and config.bn_batches:
+        if (pruned or steps) and config.bn_batches:
             batches = ctx.data.loader("train", 64, shuffle=True, seed=config.seed)
             recalibrate_batch_norm(compressed.model, batches, max_batches=config.bn_batches)
         if steps:
             simulation = compressed.simulate(ctx.calibration)
-            finetune(compressed.model, ctx.data, steps=steps, lr=0.01, batch_size=64, seed=config.seed, progress=False)
+            finetune(compressed.model, ctx.data, steps=steps, lr=0.01, batch_size=64, teacher=ctx.model, seed=config.seed, progress=False)
             simulation.remove()
         return build(compressed, ctx.example, ctx.calibration)
 
     def _finish(self) -> dict[str, Any]:
         start = time.perf_counter()
         ctx, config = self.ctx, self.config
-        policy = self.policy()
+        policy, repaired = self.policy(), 0
+        if config.budget_guard:
+            policy, repaired = self.wall.repair(policy, self.limit(), self.sensitivity_loss)
+        predicted_ratio = ctx.analytic_cost(policy) / ctx.analytic_reference_cost()
         compressed = self.build_compressed(policy)
         artifact = compressed.artifact
         seconds_build = time.perf_counter() - start
         accuracy = ctx.accuracy(artifact.data)
         start_latency = time.perf_counter()
+        specs = layer_specs(ctx.structure, policy, config.round_to)
         if config.latency_source == "measure":
             m = ctx.client.measure(artifact.data, ctx.reference)
             latency_ms, latency_ratio, cached = m.candidate.median_ms, m.ratio, m.cached
+            if config.objective == "latency":
+                ctx.observe_latency(specs, predicted_ratio, latency_ratio)  # online calibration of the predictor
         else:
-            specs = layer_specs(ctx.structure, policy, config.round_to)
             latency_ms = ctx.predictor.predict(specs)
-            latency_ratio = latency_ms / ctx.predictor.predict(layer_specs(ctx.structure, CompressionPolicy(), config.round_to))
+            latency_ratio = latency_ms / ctx.predictor.predict(ctx.reference_specs)
             cached = None
         c, ref = compressed.costs, ctx.reference_costs
         natural = {
@@ -283,6 +323,9 @@ class CompressionEnv(gym.Env):
             "latency_ms": latency_ms,
             "latency_ratio": latency_ratio,
             "latency_cached": cached,
+            "predicted_ratio": predicted_ratio,
+            "clamped_steps": self._clamped,
+            "repaired": repaired,
             "macs": c.macs,
             "bops": c.bops,
             "weight_bytes": c.weight_bytes,
@@ -293,6 +336,61 @@ class CompressionEnv(gym.Env):
             "within_budget": bool(parts["cost_over_target"] <= 1.0),
             "seconds": {"build": seconds_build, "latency": time.perf_counter() - start_latency},
         }
+
+    def decode_policy(self, actions: np.ndarray) -> CompressionPolicy:
+        """The policy a (units, k) action matrix asks for, as decoded without the wall."""
+        keep, precision = {}, {}
+        for unit, row in zip(self.units, np.asarray(actions, np.float32), strict=True):
+            option = self._decode(unit, np.clip(row, 0.0, 1.0))
+            if option.keep is not None:
+                keep[unit] = option.keep
+            if option.precision is not None:
+                precision[unit] = option.precision
+        return CompressionPolicy(keep, precision)
+
+    @contextlib.contextmanager
+    def unguarded(self) -> Iterator[None]:
+        """Play episodes without the wall and the repair (uniform policies exactly as set)."""
+        saved = self.config
+        self.config = dataclasses.replace(saved, budget_guard=False)
+        try:
+            yield
+        finally:
+            self.config = saved
+
+    # --- the feasible range --------------------------------------------------------------------------
+    def most_compressed(self) -> CompressionPolicy:
+        """The most compressed policy this env can play (every unit at its first option)."""
+        return self.wall.rest_at(CompressionPolicy(), 0, 0)
+
+    def corner_policies(self) -> dict[str, CompressionPolicy]:
+        """The uniform extremes (smallest or largest keep x each precision), but the uncompressed one."""
+        names = {}
+        for c in range(self.wall.corners):
+            policy = self.wall.rest_at(CompressionPolicy(), 0, c)
+            if policy.keep or any(p.quantized for p in policy.precision.values()):
+                option = self.wall.corner(self.units[0], c)
+                keep = "min keep" if c % 2 == 0 and self.kind != "quantize" else "full width"
+                bits = "float" if option.precision is None or not option.precision.quantized else f"{option.precision.weight_bits}-bit"
+                names[f"{keep}, {bits}"] = policy
+        return names
+
+    def feasible_range(self) -> tuple[float, float, str]:
+        """(floor, 1.0, which): the lowest cost ratio of the corner policies, measured on the target for latency.
+
+        Measured afresh (not from the cache), the median of three per policy: one disturbed timing must not decide
+        what is refused.
+        """
+        costs = {}
+        client = LatencyClient(self.ctx.target, cache=None) if self.config.objective == "latency" else None
+        for name, policy in self.corner_policies().items():
+            if client is None:
+                costs[name] = self.ctx.analytic_cost(policy) / self.ctx.analytic_reference_cost()
+                continue
+            artifact = compress(self.ctx.model, policy, self.ctx.example, self.ctx.calibration, structure=self.ctx.structure).artifact
+            costs[name] = sorted(client.measure(artifact.data, self.ctx.reference).ratio for _ in range(3))[1]
+        which = min(costs, key=costs.get)
+        return costs[which], 1.0, which
 
 
 class PruneEnv(CompressionEnv):

@@ -8,7 +8,7 @@ from typing import Any
 
 KINDS = ("prune", "quantize", "joint")
 OBJECTIVES = ("latency", "macs", "bops", "bytes")
-REWARDS = ("galen", "constrained-soft", "constrained-hard", "amc")
+REWARDS = ("accuracy", "galen", "constrained-soft", "constrained-hard", "amc")
 LATENCY_SOURCES = ("measure", "predict")
 
 
@@ -54,12 +54,12 @@ class EnvConfig:
     target: str = "local-cpu"
     objective: str = "latency"  # the cost C: latency | macs | bops | bytes
     target_ratio: float = 0.25  # T = target_ratio x C(uncompressed)
-    reward: str = "galen"
-    budget_guard: bool = False  # limit actions so the target can still be met (AMC/HAQ's action wall)
+    reward: str = "accuracy"  # accuracy within budget (envs.rewards); galen: Galen's acc - 5|C/T - 1|
+    budget_guard: bool = True  # the action wall and the repair pass (envs.wall): every episode feasible by construction
     latency_source: str = "measure"  # measure on the target (cache first) or predict with the per-layer table
-    val_size: int = 1000  # validation images scored per episode (the first N of the validation split)
-    finetune_steps: int = 0  # SGD steps with simulated quantization after pruning (0: batch-norm recalibration only)
-    bn_batches: int = 8  # batches of 64 training images for batch-norm recalibration after pruning
+    val_size: int = 2000  # validation images scored per episode (the first N of the validation split)
+    finetune_steps: int = 0  # distillation steps (batch 64) with simulated quantization per episode (0: BN re-estimation only)
+    bn_batches: int = 32  # batches of 64 training images for batch-norm re-estimation after pruning
     min_keep: float = 0.1  # keep ratio of action 0 (action 1 keeps everything)
     round_to: int = 8  # kept channels are multiples of this
     sensitivity_images: int = 256

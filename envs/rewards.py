@@ -1,5 +1,7 @@
 """Rewards of a finished episode. C is the objective's cost, T = target_ratio x C(uncompressed), acc in [0, 1].
 
+- ``accuracy`` (default): R = acc if C <= T, else acc - 5 |C/T - 1| (the action wall keeps episodes within
+  budget; the penalty only steers away from the edge where the measurement lands over it)
 - ``galen`` (Galen's default): R = acc - 5 |C/T - 1|
 - ``constrained-soft``: R = acc if C <= T, else acc (C/T)^(-0.05)
 - ``constrained-hard``: R = acc if C <= T, else acc - 5 |C/T - 1|
@@ -27,7 +29,7 @@ def reward_parts(kind: str, accuracy: float, cost_ratio: float, cost: float, tar
         factor = 1.0 if over <= 1 else over**-0.05
         penalty = accuracy * (1 - factor)
         reward = accuracy * factor
-    elif kind == "constrained-hard":
+    elif kind in ("constrained-hard", "accuracy"):
         penalty = 0.0 if over <= 1 else 5 * abs(over - 1)
         reward = accuracy - penalty
     elif kind == "amc":

@@ -74,6 +74,12 @@ def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
     reference = eps[0].get("reference_accuracy")
     if reference is not None:
         ax.axhline(100 * reference, color="grey", ls=":", lw=1, label=f"uncompressed: {100 * reference:.1f}%")
+    uniform = [e for e in eps if e["source"] in ("uniform", "uniform-safety")]
+    if uniform:
+        ax.scatter(
+            [e["cost_ratio"] for e in uniform], [100 * e["accuracy"] for e in uniform], marker="s", s=40, facecolor="none",
+            edgecolor="black", zorder=4, label="uniform policies (same keep and precision everywhere)",
+        )  # fmt: skip
     best = main["best"]
     if best is not None:
         ax.scatter(
@@ -84,7 +90,7 @@ def plot_pareto(runs: list[dict[str, Any]], path: Path) -> None:
             color="gold",
             edgecolor="black",
             zorder=5,
-            label="best within budget",
+            label=f"best within budget ({best['source']})" if best["within_budget"] else "best reward (no episode within budget)",
         )
     ax.set_xlabel(f"{objective} / uncompressed")
     ax.set_ylabel("validation accuracy (%)")

@@ -76,9 +76,11 @@ def _wandb_options(config: SearchConfig, run: RunDir) -> dict[str, Any] | None:
 # --- RL -------------------------------------------------------------------------------------------
 def save_checkpoint(algo: Any, run: RunDir, iteration: int, episodes: int, algo_name: str, obs_dim: int, action_dim: int) -> None:
     from agents.policy_net import export_actor
+    from agents.replay import save_replay
 
     tmp, final = run.new_checkpoint_dir(iteration)
     algo.save_to_path(str(tmp / "rllib"))
+    save_replay(algo, tmp)  # RLlib's new-stack checkpoint holds no replay buffer
     export_actor(algo.get_module(), algo_name, tmp, obs_dim, action_dim)
     write_json(tmp / "progress.json", {"iteration": iteration, "episodes": episodes, "time": time.time()})
     run.commit_checkpoint(tmp, final)
@@ -89,14 +91,18 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
     """Train the RL agent until the run holds ``config.episodes`` episodes; then play its deterministic policy once."""
     import ray
 
+    from agents.baselines import play_safety_net
     from agents.policy_net import ActorNet, rollout
     from agents.recorder import start_recorder
-    from agents.rllib import build_algo_config
+    from agents.replay import restore_replay
+    from agents.rllib import build_algo_config, set_progress
 
     name = f"galen-recorder:{hashlib.sha1(str(run.path).encode()).hexdigest()[:10]}:{os.getpid()}"
     recorder = start_recorder(name, run.path, _wandb_options(config, run))
     obs_dim, action_dim = env.observation_space.shape[0], env.action_space.shape[0]
-    algo_config = build_algo_config(config.agent, type(env), config.env.to_dict(), len(env.units), config.seed, name)
+    algo_config = build_algo_config(
+        config.agent, type(env), config.env.to_dict(), len(env.units), config.seed, name, episodes=config.episodes
+    )
     algo = algo_config.build_algo()
     try:
         iteration = 0
@@ -104,10 +110,12 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
         if checkpoint is not None:
             algo.restore_from_path(str(checkpoint / "rllib"))
             iteration = int(checkpoint.name.split("_")[1])
-            log.info("resumed the agent from %s (iteration %d)", checkpoint, iteration)
+            restored = restore_replay(algo, checkpoint)
+            log.info("resumed the agent from %s (iteration %d, %d episodes back in its replay buffer)", checkpoint, iteration, restored)
         count = ray.get(recorder.count.remote())
         with _bar(config.episodes, min(count, config.episodes), f"{config.agent.algo} search", progress) as bar:
             while count < config.episodes:
+                set_progress(algo, count)  # the exploration schedule continues from the run's episode count
                 algo.train()
                 iteration += 1
                 new_count = ray.get(recorder.count.remote())
@@ -119,6 +127,8 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
                     save_checkpoint(algo, run, iteration, count, config.agent.algo, obs_dim, action_dim)
                 if on_iteration is not None:
                     on_iteration(iteration, summary, run.latest_checkpoint())
+        if not any(r.get("source") == "uniform-safety" for r in run.episodes()):
+            play_safety_net(env, lambda info, source, extra: ray.get(recorder.record.remote(info, source, extra)))
         final = run.latest_checkpoint()
         source = f"{config.agent.algo}-deterministic"
         done = any(r.get("source") == source and r.get("iteration") == iteration for r in run.episodes())
@@ -135,7 +145,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
 
 # --- baselines --------------------------------------------------------------------------------------
 def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -> None:
-    from agents.baselines import run_baseline
+    from agents.baselines import play_safety_net, run_baseline
 
     episode_log = EpisodeLog(run.path, _wandb_options(config, run))
     try:
@@ -145,7 +155,11 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
                 bar.update(1)
                 bar.set_postfix_str(_postfix(episode_log.summary()))
 
-            run_baseline(config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick)
+            own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]
+            if len(own) < config.episodes:
+                run_baseline(config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick)
+            if config.agent.algo != "uniform" and not any(r.get("source") == "uniform-safety" for r in episode_log.records):
+                play_safety_net(env, episode_log.record)
     finally:
         episode_log.close()
 
@@ -162,6 +176,7 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
     )
     env = make_env(config)
     env.reset(seed=config.seed)  # computes (or loads) the sensitivity once, here, before env runners need it
+    check_budget(config, env, run)
     owns_ray = cluster.connect()
     try:
         run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)
@@ -183,6 +198,31 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
             import ray
 
             ray.shutdown()
+
+
+class BudgetError(ValueError):
+    """A budget outside the feasible range of the model on the target (measured before the search)."""
+
+
+def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> tuple[float, float]:
+    """Measure the feasible range (the most compressed policy on the target) and refuse a budget below it, at once."""
+    started = time.perf_counter()
+    floor, ceiling, which = env.feasible_range()
+    log.info(
+        "feasible range of %s on %s: %.1f%%..100%% (the cheapest uniform extreme: %s; %.1f s)",
+        config.env.model, config.env.target, 100 * floor, which, time.perf_counter() - started,
+    )  # fmt: skip
+    if run is not None:
+        run.set_state(feasible_range=[floor, ceiling])
+    target = config.env.target_ratio
+    if target < floor:
+        verb = "measures" if config.env.objective == "latency" else "costs"
+        raise BudgetError(
+            f"env.target_ratio is {target:g}, below the feasible range of {config.env.model} on {config.env.target}: the cheapest "
+            f"uniform extreme of the {env.kind} env ({which}) {verb} {100 * floor:.1f}% of the uncompressed model's "
+            f"{config.env.objective}; allowed: {floor:.3f} <= env.target_ratio <= {ceiling:g}"
+        )
+    return floor, ceiling
 
 
 def finish(config: SearchConfig, run: RunDir, env: Any, report: bool = True) -> dict[str, Any]:

@@ -142,7 +142,11 @@ def measure(candidate: bytes, target: HardwareTarget, reference: bytes | None = 
         attempts += 1
         cand_all, ref_all, per_round = _rounds(cand, ref, target)
         middle = statistics.median(per_round)
-        spread = (max(per_round) - min(per_round)) / middle
+        # The interquartile range of the per-round values: with many short rounds (local-cpu: 21 x 10 runs; the same
+        # ResNet-56 int8 artifact repeated 5 times spread 0.484-0.500, where 7 x 50 runs spread 0.497-0.663 on this shared
+        # machine) single disturbed rounds are expected and the median ignores them; max - min would flag every call.
+        quartiles = statistics.quantiles(per_round, n=4) if len(per_round) >= 4 else [min(per_round), middle, max(per_round)]
+        spread = (quartiles[2] - quartiles[0]) / middle
         stable = spread <= settings.max_round_spread
         if stable or attempts > settings.max_remeasures:
             break

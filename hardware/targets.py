@@ -63,8 +63,9 @@ class HardwareTarget:
 
     @property
     def cache_id(self) -> str:
-        """What makes two measurements comparable: the device kind, threads and batch size."""
-        return f"{self.name}:threads={self.threads}:batch={self.batch_size}"
+        """What makes two measurements comparable: the device kind, threads, batch size and the measurement protocol."""
+        m = self.measurement
+        return f"{self.name}:threads={self.threads}:batch={self.batch_size}:rounds={m.rounds}x{m.runs_per_round}"
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping ``parse_target`` reads (what a latency actor receives)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.baselines import TPESearch, run_baseline, uniform_grid
+from agents.baselines import TPESearch, play_safety_net, run_baseline, safety_net, uniform_grid
 from agents.recorder import EpisodeLog, read_episodes
 from envs import JointEnv, PruneEnv
 
@@ -20,11 +20,30 @@ def test_uniform_grid_sweeps_one_ratio_and_precision_everywhere(env_config) -> N
     grid = uniform_grid(env, episodes=6)
     assert len(grid) == 6  # 3 keep ratios x (int8, fp32)
     for actions in grid:
-        assert actions.shape == (len(env.units), 3)
+        assert actions.shape == (len(env.units), 2)
         assert np.all(actions == actions[0])  # the same decision at every layer
+    assert len({env.decode_policy(a).to_json() for a in grid}) == 6  # distinct policies only
     assert sorted({float(a[0, 0]) for a in grid}) == [0.0, 0.5, 1.0]
     assert sorted({float(a[0, 1]) for a in grid}) == [0.25, 0.75]  # the middle of the int8 and fp32 bins
     assert len(uniform_grid(PruneEnv(env_config), episodes=4)) == 4
+    assert len(uniform_grid(env, episodes=80)) < 80  # neighbouring keep ratios that round to the same channels count once
+
+
+def test_safety_net_plays_the_widest_uniform_policy_per_precision_within_the_limit(env_config, tmp_path) -> None:
+    env = JointEnv({**env_config, "objective": "macs", "target_ratio": 0.5})
+    nets = safety_net(env)
+    assert len(nets) == 2  # int8 and float
+    for actions in nets:
+        policy = env.decode_policy(actions)
+        assert env.ctx.analytic_cost(policy) <= env.limit()
+        wider = actions.copy()
+        wider[:, 0] += 1 / 40  # the next keep step of the grid: over the limit
+        assert env.ctx.analytic_cost(env.decode_policy(np.clip(wider, 0, 1))) > env.limit() or wider[0, 0] > 1
+    log = EpisodeLog(tmp_path / "safety")
+    assert play_safety_net(env, log.record) == 2
+    records = read_episodes(tmp_path / "safety")
+    assert [r["source"] for r in records] == ["uniform-safety"] * 2
+    assert all(r["within_budget"] and r["clamped_steps"] == 0 for r in records)  # played as set, without the wall
 
 
 def test_uniform_and_random_baselines_record_episodes_and_resume(env_config, tmp_path) -> None:

@@ -43,20 +43,20 @@ def _run(env: gym.Env, actions, seed: int = 0):
 def test_registered_envs_pass_the_gymnasium_checker(env_id: str, config: dict) -> None:
     env = gym.make(env_id, config=config).unwrapped
     check_env(env, skip_render_check=True)
-    k = {"galen/Prune-v0": 1, "galen/Quantize-v0": 2, "galen/Joint-v0": 3}[env_id]
+    k = {"galen/Prune-v0": 1, "galen/Quantize-v0": 1, "galen/Joint-v0": 2}[env_id]
     assert env.action_space.shape == (k,)
-    units = len(env.ctx.structure.groups) if k == 1 else len(env.ctx.structure.layers)
+    units = len(env.ctx.structure.groups) if env.kind == "prune" else len(env.ctx.structure.layers)
     assert len(env.units) == units
 
 
 def test_no_compression_reproduces_the_base_model_and_aggressive_is_faster(config: dict) -> None:
-    env = JointEnv(config)
-    _, reward, info = _run(env, [np.ones(3)] * len(env.units))
+    env = JointEnv({**config, "budget_guard": False, "reward": "galen"})
+    _, reward, info = _run(env, [np.ones(2)] * len(env.units))
     assert info["accuracy"] == pytest.approx(env.ctx.reference_accuracy, abs=1e-9)
     assert info["policy"]["keep"] == {g.name: 1.0 for g in env.ctx.structure.groups}
     assert 0.85 < info["latency_ratio"] < 1.15 and info["macs_ratio"] == 1.0
     assert reward == pytest.approx(info["accuracy"] - 5 * abs(info["latency_ratio"] / 0.25 - 1))
-    _, _, small = _run(env, [[0.3, 0.0, 0.0]] * len(env.units))
+    _, _, small = _run(env, [[0.3, 0.0]] * len(env.units))
     assert small["latency_ratio"] < 0.6 * info["latency_ratio"]
     assert small["macs_ratio"] < 0.2
     for field in ("policy", "accuracy", "latency_ms", "latency_ratio", "macs", "bops", "weight_bytes", "reward", "penalty"):
@@ -80,15 +80,77 @@ def test_budget_guard_makes_every_random_episode_meet_the_target(config: dict) -
     for _ in range(3):
         _, _, info = _run(env, rng.uniform(0, 1, (len(env.units), 1)))
         assert info["within_budget"] and info["macs_ratio"] <= 0.5, info["macs_ratio"]
-    unguarded = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5})
+    unguarded = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5, "budget_guard": False})
     _, _, info = _run(unguarded, np.ones((len(unguarded.units), 1)))
     assert not info["within_budget"]
+
+
+def test_wall_clamps_every_step_from_both_sides_and_reports_the_applied_action(config: dict) -> None:
+    env = JointEnv({**config, "objective": "macs", "target_ratio": 0.4})
+    assert env.ctx.wall_margin() == 0.0  # analytic costs are exact
+    limit = env.limit()
+    assert limit == pytest.approx(0.4 * env.ctx.reference_costs.macs)
+    rng = np.random.default_rng(1)
+    obs, _ = env.reset(seed=0)
+    for t in range(len(env.units)):
+        requested = rng.uniform(0, 1, 2).astype(np.float32)
+        obs, _, terminated, _, info = env.step(requested)
+        # the budget stays reachable after every step: the rest at its most compressed fits the limit
+        assert env.ctx.analytic_cost(env.wall.rest_at_most(env.policy(), t + 1)) <= limit
+        applied = info["applied_action"]
+        assert np.array_equal(obs[-2:], applied)  # the observation shows the applied action
+        assert info["guarded"] == (not np.array_equal(applied, requested))
+        decoded = env._decode(env.units[t], applied)  # the applied action decodes to what the policy now holds
+        assert decoded.precision == env.policy().precision[env.units[t]]
+        if decoded.keep is not None:
+            assert decoded.keep == env.policy().keep[env.units[t]]
+    assert terminated and info["within_budget"] and info["macs_ratio"] <= 0.4 + 1e-9
+    assert info["predicted_ratio"] == pytest.approx(info["macs_ratio"])
+    # the other side: asking for everything compressed at a loose budget compresses only what the budget needs
+    loose = JointEnv({**config, "objective": "macs", "target_ratio": 0.9})
+    _, _, info = _run(loose, [[0.0, 0.0]] * len(loose.units))
+    assert 0.8 < info["macs_ratio"] <= 0.9 and info["clamped_steps"] > 0
+
+
+def test_repair_pass_lowers_the_cheapest_to_lose_decisions_until_the_budget_holds(config: dict) -> None:
+    from compression.policy import CompressionPolicy
+
+    env = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5})
+    limit = env.limit()
+    repaired, moves = env.wall.repair(CompressionPolicy(), limit, env.sensitivity_loss)
+    assert env.ctx.analytic_cost(repaired) <= limit < env.ctx.analytic_cost(CompressionPolicy())
+    assert moves == sum(len(env._keep_ratios(g)) - env._keep_ratios(g).index(repaired.keep_ratio(g)) - 1 for g in env.units)
+    # the first move is the one with the most MACs per unit of sensitivity lost
+    first, _ = env.wall.repair(CompressionPolicy(), env.ctx.analytic_cost(CompressionPolicy()) - 1, env.sensitivity_loss)
+    (group,) = [g for g in env.units if first.keep_ratio(g) < 1.0]
+    assert group == max(
+        env.units,
+        key=lambda g: (
+            (env.ctx.analytic_cost(CompressionPolicy()) - env.ctx.analytic_cost(CompressionPolicy({g: env._keep_ratios(g)[-2]})))
+            / (env.sensitivity_loss(g, env.wall.options[g][-2]) + 1e-6)
+        ),
+    )
+
+
+def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_it(config: dict) -> None:
+    env = JointEnv({**config, "target_ratio": 0.9})
+    floor, ceiling, which = env.feasible_range()
+    assert 0.2 < floor < 0.9 and ceiling == 1.0 and which in env.corner_policies()
+    assert set(env.corner_policies()) == {"min keep, 8-bit", "min keep, float", "full width, 8-bit"}
+    rng = np.random.default_rng(2)
+    before = len(env.ctx.prediction_errors())
+    for _ in range(3):
+        _, _, info = _run(env, rng.uniform(0, 1, (len(env.units), 2)))
+        assert info["predicted_ratio"] <= 0.9  # by construction, on the predictor
+        assert info["latency_ratio"] <= 0.9 * 1.15  # measured: within the budget up to the predictor's error
+    assert len(env.ctx.prediction_errors()) == before + 3  # every measured episode is a calibration sample
+    assert env.ctx.predictor.calibration.samples == 12 + before + 3
 
 
 def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict) -> None:
     env = QuantizeEnv(config)
     assert env.ctx.weight_options == (8, 32)
-    _, _, info = _run(env, [[0.0, 0.0]] * len(env.units))
+    _, _, info = _run(env, [[0.0]] * len(env.units))
     assert all(p == {"weight_bits": 8, "activation_bits": 8} for p in info["policy"]["precision"].values())
     assert info["latency_ratio"] < 0.8 and info["accuracy"] > info["reference_accuracy"] - 0.02
     small = QuantizeEnv({**config, "objective": "bytes", "target_ratio": 0.2})
@@ -106,7 +168,7 @@ def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict
         (
             {"reward": "best"},
             EnvConfigError,
-            r"^env config: field 'reward' is 'best'; allowed: galen, constrained-soft, constrained-hard, amc$",
+            r"^env config: field 'reward' is 'best'; allowed: accuracy, galen, constrained-soft, constrained-hard, amc$",
         ),
         ({"budget": 3}, EnvConfigError, r"^env config: unknown field 'budget'; allowed fields: base_epochs, bn_batches, "),
         ({"checkpoint": "/nonexistent/ckpt"}, CheckpointError, r"field 'checkpoint' is '/nonexistent/ckpt', which has no meta.json"),

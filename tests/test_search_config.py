@@ -16,7 +16,7 @@ from experiments.rundir import RunDir, RunDirError
 def test_demo_config_is_valid_and_matches_the_issue() -> None:
     config = SearchConfig.from_yaml(builtin_config("demo"))
     assert (config.env.model, config.env.dataset, config.env.kind, config.env.target) == ("resnet20", "fashion-mnist", "joint", "local-cpu")
-    assert (config.agent.algo, config.env.objective, config.env.target_ratio) == ("sac", "latency", 0.25)
+    assert (config.agent.algo, config.env.objective, config.env.target_ratio) == ("sac", "latency", 0.6)
     assert config.env.train_base is True
 
 
@@ -26,14 +26,14 @@ def test_demo_config_is_valid_and_matches_the_issue() -> None:
         ({"agent": {"algo": "ddpg"}}, "search config: field 'agent.algo' is 'ddpg'; allowed: sac, ppo, uniform, random, tpe"),
         (
             {"env": {"reward": "best"}},
-            "search config: field 'env.reward' is 'best'; allowed: galen, constrained-soft, constrained-hard, amc",
+            "search config: field 'env.reward' is 'best'; allowed: accuracy, galen, constrained-soft, constrained-hard, amc",
         ),
         ({"env": {"kind": "distill"}}, "search config: field 'env.kind' is 'distill'; allowed: prune, quantize, joint"),
         ({"env": {"target_ratio": 1.5}}, r"search config: field 'env.target_ratio' is 1.5; allowed: a number in \(0, 1\]"),
         ({"workload": {"base_epochs": 0}}, "search config: field 'workload.base_epochs' is 0; allowed: an integer >= 1"),
         ({"episodes": 0}, "search config: field 'episodes' is 0; allowed: an integer >= 1"),
-        ({"agent": {"gamma": 0}}, r"search config: field 'agent.gamma' is 0; allowed: a number in \(0, 1\]"),
-        ({"agent": {"warmup_episodes": -1}}, "search config: field 'agent.warmup_episodes' is -1; allowed: an integer >= 0"),
+        ({"agent": {"gamma": 1.5}}, r"search config: field 'agent.gamma' is 1.5; allowed: a number in \[0, 1\] or null"),
+        ({"agent": {"warmup_episodes": -1}}, "search config: field 'agent.warmup_episodes' is -1; allowed: an integer >= 0 or null"),
         ({"agnet": {}}, "search config: unknown field 'agnet'; allowed fields: name, run_dir, episodes"),
         ({"env": {"model": "resnet20"}}, "search config: unknown field 'env.model'; allowed fields: env.kind, env.target"),
         ({"agent": {"learning_rate": 1}}, "search config: unknown field 'agent.learning_rate'; allowed fields: algo, lr"),

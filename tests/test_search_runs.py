@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ def write_config(tmp_path: Path, checkpoint: Path, name: str, agent: dict, episo
         "episodes": episodes,
         "seed": 0,
         "workload": {"model": "resnet20", "dataset": "fashion-mnist", "checkpoint": str(checkpoint)},
-        "env": {"kind": "joint", "val_size": 200, "sensitivity_images": 64, "calibration_images": 64},
+        "env": {"kind": "joint", "target_ratio": 0.8, "val_size": 200, "sensitivity_images": 64, "calibration_images": 64, "bn_batches": 4},
         "agent": {"hidden": [32, 32], "episodes_per_iteration": 2, **agent},
     }
     path = tmp_path / f"{name}.yaml"
@@ -88,7 +89,7 @@ def check_run(run_dir: Path, before: list[dict], episodes: int, algo: str) -> li
     actor = ActorNet(checkpoint)
     obs = np.zeros(actor.meta["obs_dim"], np.float32)
     action = actor.act(obs)
-    assert action.shape == (3,) and np.all((0 <= action) & (action <= 1))
+    assert action.shape == (2,) and np.all((0 <= action) & (action <= 1))
     assert np.array_equal(action, actor.act(obs))
     return after
 
@@ -106,7 +107,12 @@ def test_sac_search_killed_with_sigkill_resumes_without_losing_episodes(tmp_path
         subprocess.run([sys.executable, "-m", "experiments.search", "--config", str(config)], cwd=REPO, check=True, capture_output=True)
     out = finish(start(config, "--resume"))
     assert "best policy" in out and "test accuracy" in out
-    check_run(run_dir, before, 8, "sac")
+    after = check_run(run_dir, before, 8, "sac")
+    # the replay buffer came back with the checkpoint, and the resumed run did not replay its warm-up
+    restored = re.search(r"resumed the agent from .* \(iteration (\d+), (\d+) episodes back in its replay buffer\)", out)
+    assert restored and int(restored.group(2)) >= 2, out
+    played = [json.dumps(r["policy"], sort_keys=True) for r in after if r["source"] == "sac"]
+    assert len(set(played)) == len(played)  # no episode after the resume repeats one from before it
 
 
 def test_ppo_search_stopped_with_sigterm_resumes(tmp_path, trained_resnet20) -> None:

@@ -1,0 +1,327 @@
+"""The search benchmark: SAC (joint, with the action wall) against random search, TPE and the best uniform policy.
+
+``python -m bench.search`` runs, for each model and budget of the plan, every method for every seed
+as one ``galen search`` process each (resumable: a stopped run continues, a finished one is
+skipped), then, alone on the machine, re-measures each run's best within-budget policy without the
+latency cache, gives it the fixed fine-tune (``--finetune-steps`` SGD steps, batch 128, lr 0.01,
+simulated quantization; the same as ``bench.search.fidelity``) and writes ``bench/results/search.json``
+and the benchmark's section of ``bench/README.md``.
+
+Each method plays the same number of episodes; SAC's best counts only the episodes its agent
+played (the uniform safety net every search ends with, and the deterministic read-out, are
+reported apart). Run directories live under ``bench/search/runs/`` (not committed); each finished
+run's episodes are archived to ``bench/search/data/<run>.jsonl.gz`` (committed), so a fresh checkout
+re-writes the results without re-running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).parent
+REPO = ROOT.parent.parent
+RESULTS = REPO / "bench" / "results" / "search.json"
+METHODS = ("sac", "random", "tpe", "uniform")
+OWN_SOURCES = {"sac": ("sac",), "random": ("random",), "tpe": ("tpe",), "uniform": ("uniform",)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", default="resnet20:0.5", help="model:budget[,budget...][;model:...] (default: resnet20:0.5)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--episodes", type=int, default=100, help="episodes per run, the same for every method (default: 100)")
+    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only")
+    p.add_argument("--stop-after", type=float, default=None, help="minutes: start no new search after this long")
+    return p.parse_args(argv)
+
+
+def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
+    runs = []
+    for part in args.plan.split(";"):
+        model, _, budgets = part.partition(":")
+        for budget in budgets.split(","):
+            for seed in range(args.seeds):
+                for method in args.methods.split(","):
+                    if method == "uniform" and seed > 0:
+                        continue  # deterministic
+                    runs.append({"model": model, "budget": float(budget), "seed": seed, "method": method})
+    return runs
+
+
+def run_name(run: dict[str, Any]) -> str:
+    return f"{run['model']}-b{round(100 * run['budget'])}-{run['method']}-s{run['seed']}"
+
+
+def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
+    name = run_name(run)
+    return {
+        "name": name,
+        "run_dir": str(ROOT / "runs" / name),
+        "episodes": episodes,
+        "seed": run["seed"],
+        "workload": {"model": run["model"], "dataset": "fashion-mnist", "base_epochs": 5},
+        "env": {"kind": "joint", "target": "local-cpu", "objective": "latency", "target_ratio": run["budget"]},
+        "agent": {"algo": run["method"], "uniform_steps": 21},
+    }
+
+
+def archive(run: dict[str, Any]) -> Path:
+    return ROOT / "data" / f"{run_name(run)}.jsonl.gz"
+
+
+def search(run: dict[str, Any], episodes: int) -> None:
+    from agents.recorder import read_episodes
+
+    if archive(run).exists():
+        return
+    config = config_for(run, episodes)
+    run_dir = Path(config["run_dir"])
+    path = ROOT / "configs" / f"{run_name(run)}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "experiments.search", "--config", str(path), "--no-progress", "--no-summary"]
+    if run_dir.exists():
+        command.append("--resume")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    started = time.time()
+    print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: searching", flush=True)
+    subprocess.run(command, cwd=REPO, env=env, check=True)
+    state = json.loads((run_dir / "state.json").read_text())
+    records = read_episodes(run_dir)
+    archive(run).parent.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(archive(run), "wb", mtime=0) as handle:
+        text = json.dumps({"run": run, "state": state, "config": config}) + "\n" + "".join(json.dumps(r) + "\n" for r in records)
+        handle.write(text.encode())
+    print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: {len(records)} episodes, {time.time() - started:.0f} s", flush=True)
+
+
+def load(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    if not archive(run).exists():
+        return None
+    lines = gzip.decompress(archive(run).read_bytes()).decode().splitlines()
+    return json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+
+
+TOLERANCE = 1.03  # the measurement's repeatability (README: the same artifact spreads a few percent)
+
+
+def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    own = [r for r in records if r["source"] in OWN_SOURCES[method]]
+    within = [r for r in own if r["within_budget"]]
+    best = max(within, key=lambda r: r["accuracy"], default=None)
+    fifth = max(1, len(own) // 5)
+    seconds = [sum(r["seconds"].values()) for r in own if isinstance(r.get("seconds"), dict)]
+    errors = [abs(r["latency_ratio"] / r["predicted_ratio"] - 1) for r in own if r.get("predicted_ratio")]
+    return {
+        "episodes": len(own),
+        "within_budget_rate": len(within) / len(own) if own else 0.0,
+        "within_budget_rate_tolerant": sum(r["cost_over_target"] <= TOLERANCE for r in own) / len(own) if own else 0.0,
+        "best": best,
+        "first_20_mean_accuracy": statistics.mean(r["accuracy"] for r in own[:fifth]) if own else None,
+        "last_20_mean_accuracy": statistics.mean(r["accuracy"] for r in own[-fifth:]) if own else None,
+        "seconds_per_episode_env": statistics.median(seconds) if seconds else None,
+        "predictor_mape": 100 * statistics.mean(errors) if errors else None,
+        "wall_seconds": None,
+    }
+
+
+def final_measure(model: str, budget: float, record: dict[str, Any], finetune_steps: int, cache: dict[str, Any]) -> dict[str, Any]:
+    """Re-measured latency ratio (uncached, median of 3) and test accuracy after the fixed fine-tune of one policy."""
+    key = f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}"
+    if key in cache:
+        return cache[key]
+    from bench.search.fidelity import fixed_finetune
+    from compression.pipeline import compress
+    from compression.policy import CompressionPolicy
+    from envs import JointEnv
+    from hardware.client import LatencyClient
+    from hardware.protocol import cpu_model
+
+    env = JointEnv({"model": model, "base_epochs": 5, "target_ratio": budget})
+    policy = CompressionPolicy.from_dict(record["policy"])
+    artifact = compress(env.ctx.model, policy, env.ctx.example, env.ctx.calibration, structure=env.ctx.structure).artifact
+    client = LatencyClient(env.ctx.target, cache=None)
+    ratios = sorted(client.measure(artifact.data, env.ctx.reference).ratio for _ in range(3))
+    after, seconds = fixed_finetune(env, policy, finetune_steps)
+    cache[key] = {"latency_ratio": ratios[1], "test_after_finetune": after, "finetune_seconds": seconds, "cpu": cpu_model()}
+    return cache[key]
+
+
+def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """search.json, the plot and the README section from the archived runs (re-measure and fine-tune what is new)."""
+    from agents.recorder import dumps, write_atomic
+
+    final_path = ROOT / "data" / "final.json"
+    cache = json.loads(final_path.read_text()) if final_path.exists() else {}
+    fidelity_path = REPO / "bench" / "results" / "fidelity.json"
+    fidelity = json.loads(fidelity_path.read_text()) if fidelity_path.exists() else {}
+    out: dict[str, Any] = {"proxy_kendall_tau": {m: f["kendall_tau"]["distill_0"] for m, f in fidelity.items()}}
+    curves: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
+    for run in runs:
+        loaded = load(run)
+        if loaded is None:
+            continue
+        _, records = loaded
+        model, budget, method = run["model"], f"{run['budget']:.2f}", run["method"]
+        metrics = run_metrics(method, records)
+        cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
+        best = metrics.pop("best")
+        if best is not None:
+            final = final_measure(model, run["budget"], best, args.finetune_steps, cache)
+            write_atomic(final_path, dumps(cache, indent=1))
+            metrics.update(
+                best_accuracy=best["accuracy"],
+                best_episode=best["episode"],
+                best_policy=best["policy"],
+                best_accuracy_after_finetune=final["test_after_finetune"],
+                latency_ratio_remeasured=final["latency_ratio"],
+                cpu=final["cpu"],
+            )
+        cell["seeds"].append({"seed": run["seed"], **metrics})
+        own = [r for r in records if r["source"] in OWN_SOURCES[method]]
+        curves.setdefault((model, budget), {}).setdefault(method, []).append(best_so_far(own))
+    for model, budgets in out.items():
+        if model == "proxy_kendall_tau":
+            continue
+        for methods in budgets.values():
+            for cell in methods.values():
+                aggregate(cell)
+    write_atomic(RESULTS, json.dumps(out, indent=1) + "\n")
+    plots = plot(curves, out)
+    write_readme(out, plots, args)
+    return out
+
+
+def best_so_far(records: list[dict[str, Any]]) -> list[float]:
+    best, curve = float("nan"), []
+    for r in records:
+        if r["within_budget"] and not (r["accuracy"] <= best):
+            best = r["accuracy"]
+        curve.append(best)
+    return curve
+
+
+def aggregate(cell: dict[str, Any]) -> None:
+    seeds = cell["seeds"]
+    cell["within_budget_rate"] = statistics.mean(s["within_budget_rate"] for s in seeds)
+    cell["within_budget_rate_tolerant"] = statistics.mean(s["within_budget_rate_tolerant"] for s in seeds)
+    for name in ("best_accuracy", "best_accuracy_after_finetune", "latency_ratio_remeasured"):
+        cell[name] = [s[name] for s in seeds if name in s]
+    cell["episodes"] = [s["episodes"] for s in seeds]
+    values = [s["seconds_per_episode_env"] for s in seeds if s["seconds_per_episode_env"]]
+    cell["seconds_per_episode"] = statistics.mean(values) if values else None
+    cell["first_20_mean_accuracy"] = [s["first_20_mean_accuracy"] for s in seeds]
+    cell["last_20_mean_accuracy"] = [s["last_20_mean_accuracy"] for s in seeds]
+    mapes = [s["predictor_mape"] for s in seeds if s["predictor_mape"] is not None]
+    cell["predictor_mape"] = statistics.mean(mapes) if mapes else None
+
+
+def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = []
+    for (model, budget), methods in curves.items():
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method, runs in methods.items():
+            if method == "uniform":
+                best = max(out[model][budget]["uniform"]["best_accuracy"], default=None)
+                if best is not None:
+                    ax.axhline(100 * best, color="k", ls="--", lw=1, label="best uniform policy")
+                continue
+            n = min(len(c) for c in runs)
+            array = 100 * np.array([c[:n] for c in runs])
+            for row in array:
+                ax.plot(row, lw=0.5, alpha=0.4)
+            ax.plot(np.nanmean(array, axis=0), lw=2, label=f"{method} (mean of {len(runs)} seeds)")
+        ax.set_xlabel("episode")
+        ax.set_ylabel("best within-budget val. accuracy so far (%)")
+        ax.set_title(f"{model}, latency budget {float(budget):.0%} (local-cpu)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = REPO / "bench" / "results" / f"search-{model}-b{round(100 * float(budget))}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(str(path.relative_to(REPO)))
+    return paths
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "none"
+    mean = 100 * statistics.mean(values)
+    return f"{mean:.1f} ± {100 * statistics.pstdev(values):.1f}" if len(values) > 1 else f"{mean:.1f}"
+
+
+def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace) -> None:
+    lines = ["<!-- search:begin -->", "## Search quality (issue 20)", ""]
+    cells = [x for m, b in out.items() if m != "proxy_kendall_tau" for c in b.values() for x in c.values()]
+    cpus = {s.get("cpu") for x in cells for s in x["seeds"]}
+    lines.append(
+        f"`python -m bench.search` ({args.episodes} episodes per run, fixed fine-tune {args.finetune_steps} steps; "
+        f"CPU: {', '.join(sorted(c for c in cpus if c))}). Raw data: `bench/results/search.json`; episodes: `bench/search/data/`."
+    )
+    lines.append("")
+    lines.append(
+        "| model | budget | method | seeds | within budget (strict / +3%) | best val. acc. | after fine-tune | "
+        "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    for model, budgets in out.items():
+        if model == "proxy_kendall_tau":
+            continue
+        for budget, methods in budgets.items():
+            for method, c in methods.items():
+                first, last = c["first_20_mean_accuracy"], c["last_20_mean_accuracy"]
+                learn = f"{_fmt([f for f in first if f is not None])} → {_fmt([v for v in last if v is not None])}"
+                mape = f"{c['predictor_mape']:.1f}%" if c["predictor_mape"] is not None else ""
+                rates = f"{100 * c['within_budget_rate']:.0f}% / {100 * c['within_budget_rate_tolerant']:.0f}%"
+                accuracies = f"{_fmt(c['best_accuracy'])} | {_fmt(c['best_accuracy_after_finetune'])}"
+                lines.append(
+                    f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | {rates} | {accuracies} | "
+                    f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} |"
+                )
+    lines.append("")
+    for model, tau in out["proxy_kendall_tau"].items():
+        lines.append(f"Proxy fidelity, {model}: Kendall tau {tau:.2f} (`bench/results/fidelity.json`).")
+    lines += ["", *[f"![{p}]({Path(p).name})" for p in plots], "", "<!-- search:end -->"]
+    readme = REPO / "bench" / "README.md"
+    text = readme.read_text()
+    section = "\n".join(lines)
+    if "<!-- search:begin -->" in text:
+        head, _, rest = text.partition("<!-- search:begin -->")
+        _, _, tail = rest.partition("<!-- search:end -->")
+        text = head + section + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    readme.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    runs = plan(args)
+    started = time.time()
+    if args.only in (None, "search"):
+        for run in runs:
+            if args.stop_after is not None and time.time() - started > 60 * args.stop_after:
+                print("stop-after reached; run again to continue", flush=True)
+                break
+            search(run, args.episodes)
+    if args.only in (None, "write"):
+        write(args, runs)

@@ -1,0 +1,92 @@
+"""Galen's SAC pieces on real RLlib objects: the broadcast reward, the applied actions, the exploration schedule."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from ray.rllib.algorithms.sac import SACConfig
+from ray.rllib.algorithms.sac.sac_catalog import SACCatalog
+from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+from agents.callbacks import RewardBaseline, rewrite_episode
+from agents.config import AgentConfig
+from agents.rllib import SCHEDULE_KEY, GalenSACModule, noise_scale
+
+
+def _episode(applied: list[list[float]], final: float) -> SingleAgentEpisode:
+    episode = SingleAgentEpisode(observations=[np.zeros(3, np.float32)], infos=[{}], len_lookback_buffer=0)
+    for i, a in enumerate(applied):
+        last = i == len(applied) - 1
+        episode.add_env_step(
+            observation=np.full(3, i + 1, np.float32),
+            action=np.array([0.9, -0.9], np.float32),  # what the module asked for
+            reward=final if last else 0.0,
+            infos={"applied_action": np.array(a, np.float32)},
+            terminated=last,
+        )
+    return episode
+
+
+def test_the_final_reward_goes_to_every_step_and_the_applied_actions_replace_the_requested() -> None:
+    episode = _episode([[0.25, 0.75], [1.0, 0.0], [0.5, 0.5]], final=0.8)
+    rewrite_episode(episode, 1.5)
+    episode = episode.to_numpy()
+    assert episode.get_rewards().tolist() == [1.5, 1.5, 1.5]
+    assert episode.get_actions().tolist() == [[-0.5, 0.5], [1.0, -1.0], [0.0, 0.0]]  # [0, 1] -> [-1, 1]
+
+
+def test_reward_baseline_subtracts_a_moving_mean_and_divides_by_a_moving_spread() -> None:
+    baseline = RewardBaseline(alpha=0.5, min_spread=0.01)
+    assert baseline.normalise(0.5) == 0.0  # the first reward sets the baseline
+    assert baseline.normalise(0.52) == pytest.approx(0.02 / 0.01)  # no spread yet: the minimum
+    assert baseline.mean == pytest.approx(0.51) and baseline.var == pytest.approx(0.5 * 0.5 * 0.02**2)
+    assert baseline.normalise(0.51) == pytest.approx(0.0)
+    assert baseline.normalise(10.0) == 5.0  # clipped
+
+
+def test_exploration_schedule_uniform_warmup_then_geometric_decay() -> None:
+    schedule = {"warmup_episodes": 10, "episodes": 111, "noise_initial": 0.5, "noise_final": 0.02}
+    assert noise_scale(0, schedule) is None and noise_scale(9, schedule) is None
+    assert noise_scale(10, schedule) == pytest.approx(0.5)
+    assert noise_scale(60, schedule) == pytest.approx(0.5 * (0.02 / 0.5) ** 0.5)
+    assert noise_scale(110, schedule) == pytest.approx(0.02)
+    assert AgentConfig().warmup_for(200) == 30 and AgentConfig().warmup_for(10) == 4 and AgentConfig(warmup_episodes=7).warmup_for(200) == 7
+    assert AgentConfig().discount("sac") == 0.0 and AgentConfig().discount("ppo") == 0.99
+
+
+def _module(warmup: int) -> GalenSACModule:
+    schedule = {"warmup_episodes": warmup, "episodes": 20, "units": 2, "seed": 3, "noise_initial": 0.5, "noise_final": 0.02}
+    spec = RLModuleSpec(
+        module_class=GalenSACModule,
+        observation_space=gym.spaces.Box(-1, 1, (4,), np.float32),
+        action_space=gym.spaces.Box(0, 1, (2,), np.float32),
+        model_config={**SACConfig().model_config, "fcnet_hiddens": [8], SCHEDULE_KEY: schedule},
+        catalog_class=SACCatalog,
+    )
+    torch.manual_seed(0)
+    return spec.build()
+
+
+def _actions(module: GalenSACModule, steps: int) -> np.ndarray:
+    obs = torch.zeros(1, 4)
+    out = [module.forward_exploration({"obs": obs})["action_dist_inputs"][0, :2] for _ in range(steps)]
+    return torch.tanh(torch.stack(out)).detach().numpy()
+
+
+def test_a_resumed_module_continues_the_schedule_instead_of_replaying_the_warmup() -> None:
+    fresh, resumed = _module(warmup=4), _module(warmup=4)
+    fresh.set_progress(0)
+    first = _actions(fresh, 4)  # episodes 0-1: warm-up
+    resumed.set_progress(3)  # a run resumed with 3 episodes recorded
+    assert resumed.current_episode() == 3
+    again = _actions(resumed, 4)
+    assert not np.allclose(first, again)
+    fresh.set_progress(3)
+    assert np.allclose(_actions(fresh, 4), again)  # the position, not the process, decides the actions
+    late = _module(warmup=0)
+    late.set_progress(19)  # last episode: noise 0.02 around the actor's deterministic action
+    mean = torch.tanh(late.forward_inference({"obs": torch.zeros(1, 4)})["action_dist_inputs"][0, :2]).detach().numpy()
+    assert np.all(np.abs(_actions(late, 2) - mean) < 2 * 0.02 * 5)
