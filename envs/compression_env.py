@@ -368,7 +368,7 @@ class CompressionEnv(gym.Env):
         names = {}
         for c in range(self.wall.corners):
             policy = self.wall.rest_at(CompressionPolicy(), 0, c)
-            if policy.keep or any(p.quantized for p in policy.precision.values()):
+            if any(k < 1.0 for k in policy.keep.values()) or any(p.quantized for p in policy.precision.values()):
                 option = self.wall.corner(self.units[0], c)
                 keep = "min keep" if c % 2 == 0 and self.kind != "quantize" else "full width"
                 bits = "float" if option.precision is None or not option.precision.quantized else f"{option.precision.weight_bits}-bit"

@@ -32,7 +32,7 @@ def test_uniform_grid_sweeps_one_ratio_and_precision_everywhere(env_config) -> N
 def test_safety_net_plays_the_widest_uniform_policy_per_precision_within_the_limit(env_config, tmp_path) -> None:
     env = JointEnv({**env_config, "objective": "macs", "target_ratio": 0.5})
     nets = safety_net(env)
-    assert len(nets) == 2  # int8 and float
+    assert len(nets) == len(env.ctx.weight_options) == 8  # one per precision option (2..8 bits and float for MACs)
     for actions in nets:
         policy = env.decode_policy(actions)
         assert env.ctx.analytic_cost(policy) <= env.limit()
@@ -40,9 +40,9 @@ def test_safety_net_plays_the_widest_uniform_policy_per_precision_within_the_lim
         wider[:, 0] += 1 / 40  # the next keep step of the grid: over the limit
         assert env.ctx.analytic_cost(env.decode_policy(np.clip(wider, 0, 1))) > env.limit() or wider[0, 0] > 1
     log = EpisodeLog(tmp_path / "safety")
-    assert play_safety_net(env, log.record) == 2
+    assert play_safety_net(env, log.record) == 8
     records = read_episodes(tmp_path / "safety")
-    assert [r["source"] for r in records] == ["uniform-safety"] * 2
+    assert [r["source"] for r in records] == ["uniform-safety"] * 8
     assert all(r["within_budget"] and r["clamped_steps"] == 0 for r in records)  # played as set, without the wall
 
 
