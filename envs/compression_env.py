@@ -183,6 +183,8 @@ class CompressionEnv(gym.Env):
 
     def _wall_step(self, unit: str, requested: Option, action: np.ndarray) -> tuple[Option, np.ndarray]:
         allowed = self.wall.bounds(self.policy(), self._t, self.limit())
+        if self.config.wall_mode == "relative":
+            return self._relative(allowed, action), action
         if requested in allowed:
             return requested, action
 
@@ -191,6 +193,18 @@ class CompressionEnv(gym.Env):
 
         chosen = min(allowed, key=distance)
         return chosen, self._encode(chosen, action)
+
+    @staticmethod
+    def _relative(allowed: list[Option], action: np.ndarray) -> Option:
+        """``wall_mode: relative``: the precision dimension indexes the allowed precisions (most compressed first), the keep
+        dimension the allowed keep ratios at that precision (smallest first); every action is feasible as it is, so the
+        agent's action space has no region the wall flattens (with clamping, SAC's actor ran to the bounds and every
+        episode became the same clamped policy)."""
+        precisions = sorted({o.precision for o in allowed}, key=lambda p: -1 if p is None else p.weight_bits)
+        precision = precisions[min(int(float(action[-1]) * len(precisions)), len(precisions) - 1)]
+        keeps = sorted({o.keep for o in allowed if o.precision == precision}, key=lambda k: -1.0 if k is None else k)
+        keep = keeps[min(int(float(action[0]) * len(keeps)), len(keeps) - 1)]
+        return Option(keep, precision)
 
     def sensitivity_loss(self, unit: str, option: Option) -> float:
         """What a unit's option costs in accuracy, by the sensitivity tables (KL; for the repair pass's order)."""
@@ -359,6 +373,13 @@ class CompressionEnv(gym.Env):
             self.config = saved
 
     # --- the feasible range --------------------------------------------------------------------------
+    def cost_ratio(self, policy: CompressionPolicy) -> float:
+        """``policy``'s cost as a fraction of the uncompressed model's: measured on the target (cache first) for latency."""
+        if self.config.objective != "latency" or self.config.latency_source != "measure":
+            return self.ctx.analytic_cost(policy) / self.ctx.analytic_reference_cost()
+        artifact = compress(self.ctx.model, policy, self.ctx.example, self.ctx.calibration, structure=self.ctx.structure).artifact
+        return self.ctx.client.measure(artifact.data, self.ctx.reference).ratio
+
     def most_compressed(self) -> CompressionPolicy:
         """The most compressed policy this env can play (every unit at its first option)."""
         return self.wall.rest_at(CompressionPolicy(), 0, 0)

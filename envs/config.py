@@ -10,6 +10,7 @@ KINDS = ("prune", "quantize", "joint")
 OBJECTIVES = ("latency", "macs", "bops", "bytes")
 REWARDS = ("accuracy", "galen", "constrained-soft", "constrained-hard", "amc")
 LATENCY_SOURCES = ("measure", "predict")
+WALL_MODES = ("relative", "clamp")
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,7 @@ class EnvConfig:
     target_ratio: float = 0.25  # T = target_ratio x C(uncompressed)
     reward: str = "accuracy"  # accuracy within budget (envs.rewards); galen: Galen's acc - 5|C/T - 1|
     budget_guard: bool = True  # the action wall and the repair pass (envs.wall): every episode feasible by construction
+    wall_mode: str = "relative"  # relative: the action indexes the options the wall allows; clamp: AMC's clamp of the absolute action
     latency_source: str = "measure"  # measure on the target (cache first) or predict with the per-layer table
     val_size: int = 2000  # validation images scored per episode (the first N of the validation split)
     finetune_steps: int = 0  # distillation steps (batch 64) with simulated quantization per episode (0: BN re-estimation only)
@@ -67,7 +69,7 @@ class EnvConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        choices = {"kind": KINDS, "objective": OBJECTIVES, "reward": REWARDS, "latency_source": LATENCY_SOURCES}
+        choices = {"kind": KINDS, "objective": OBJECTIVES, "reward": REWARDS, "latency_source": LATENCY_SOURCES, "wall_mode": WALL_MODES}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:

@@ -155,13 +155,15 @@ class EnvContext:
 
     @property
     def predictor(self) -> LatencyPredictor:
-        """The latency predictor, calibrated on first use with a dozen models measured on the target (cached)."""
+        """The latency predictor, calibrated on first use with 14 models measured on the target (cached)."""
         if self._predictor is None:
             predictor = LatencyPredictor(self.client, progress=False)
             rng = random.Random(self.config.seed)
             s = self.structure
             int8 = {n: Precision(8, 8) for n in s.layer_names}
-            policies = [CompressionPolicy(), CompressionPolicy(precision=int8)]
+            narrow = {g: self.config.min_keep for g in s.group_names}
+            # The narrow extremes too: without them the fit put ResNet-20 at 10% keep at 59% where it measured 41% (AMX Xeon).
+            policies = [CompressionPolicy(), CompressionPolicy(precision=int8), CompressionPolicy(narrow), CompressionPolicy(narrow, int8)]
             for _ in range(10):
                 keep = {g: rng.uniform(self.config.min_keep, 1.0) for g in s.group_names}
                 precision = {n: Precision(8, 8) for n in s.layer_names if rng.random() < 0.5}

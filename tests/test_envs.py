@@ -10,6 +10,7 @@ from gymnasium.utils.env_checker import check_env
 import envs
 from envs import EnvConfig, EnvConfigError, JointEnv, PruneEnv, QuantizeEnv
 from envs.rewards import reward_parts
+from envs.wall import Option
 from hardware.targets import TargetError
 from workloads.checkpoints import CheckpointError
 
@@ -86,7 +87,7 @@ def test_budget_guard_makes_every_random_episode_meet_the_target(config: dict) -
 
 
 def test_wall_clamps_every_step_from_both_sides_and_reports_the_applied_action(config: dict) -> None:
-    env = JointEnv({**config, "objective": "macs", "target_ratio": 0.4})
+    env = JointEnv({**config, "objective": "macs", "target_ratio": 0.4, "wall_mode": "clamp"})
     assert env.ctx.wall_margin() == 0.0  # analytic costs are exact
     limit = env.limit()
     assert limit == pytest.approx(0.4 * env.ctx.reference_costs.macs)
@@ -107,9 +108,32 @@ def test_wall_clamps_every_step_from_both_sides_and_reports_the_applied_action(c
     assert terminated and info["within_budget"] and info["macs_ratio"] <= 0.4 + 1e-9
     assert info["predicted_ratio"] == pytest.approx(info["macs_ratio"])
     # the other side: asking for everything compressed at a loose budget compresses only what the budget needs
-    loose = JointEnv({**config, "objective": "macs", "target_ratio": 0.9})
+    loose = JointEnv({**config, "objective": "macs", "target_ratio": 0.9, "wall_mode": "clamp"})
     _, _, info = _run(loose, [[0.0, 0.0]] * len(loose.units))
     assert 0.8 < info["macs_ratio"] <= 0.9 and info["clamped_steps"] > 0
+
+
+def test_relative_wall_maps_every_action_into_the_allowed_options(config: dict) -> None:
+    env = JointEnv({**config, "objective": "macs", "target_ratio": 0.4})
+    assert env.config.wall_mode == "relative"
+    rng = np.random.default_rng(4)
+    env.reset(seed=0)
+    for t in range(len(env.units)):
+        allowed = env.wall.bounds(env.policy(), t, env.limit())
+        requested = rng.uniform(0, 1, 2).astype(np.float32)
+        _, _, terminated, _, info = env.step(requested)
+        chosen = Option(env.policy().keep.get(env.units[t]), env.policy().precision[env.units[t]])
+        assert chosen in allowed and np.array_equal(info["applied_action"], requested)  # nothing to clamp
+        assert env.ctx.analytic_cost(env.wall.rest_at_most(env.policy(), t + 1)) <= env.limit()
+    assert terminated and info["within_budget"] and info["repaired"] == 0
+    # the ends of the action range are the ends of the allowed range
+    env.reset(seed=0)
+    allowed = env.wall.bounds(env.policy(), 0, env.limit())
+    env.step(np.array([0.0, 0.0], np.float32))
+    assert env.policy().keep[env.units[0]] == min(o.keep for o in allowed if o.precision == env.policy().precision[env.units[0]])
+    env.reset(seed=0)
+    env.step(np.array([1.0, 1.0], np.float32))
+    assert env.policy().precision[env.units[0]] == max((o.precision for o in allowed), key=lambda p: p.weight_bits)
 
 
 def test_repair_pass_lowers_the_cheapest_to_lose_decisions_until_the_budget_holds(config: dict) -> None:
@@ -144,7 +168,7 @@ def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_
         assert info["predicted_ratio"] <= 0.9  # by construction, on the predictor
         assert info["latency_ratio"] <= 0.9 * 1.15  # measured: within the budget up to the predictor's error
     assert len(env.ctx.prediction_errors()) == before + 3  # every measured episode is a calibration sample
-    assert env.ctx.predictor.calibration.samples == 12 + before + 3
+    assert env.ctx.predictor.calibration.samples == 14 + before + 3
 
 
 def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict) -> None:
@@ -193,3 +217,27 @@ def test_rewards() -> None:
     assert reward_parts("constrained-hard", 0.9, 0.5, 500.0, 0.25)["reward"] == pytest.approx(0.9 - 5)
     assert reward_parts("amc", 0.9, 0.5, 500.0, 0.25)["reward"] == pytest.approx(-0.1 * np.log(500.0))
     assert EnvConfig() == EnvConfig.from_dict(EnvConfig().to_dict())
+
+
+def test_a_budget_below_the_feasible_range_is_refused_before_any_episode(config: dict) -> None:
+    from experiments.config import SearchConfig
+    from experiments.search import BudgetError, check_budget
+
+    search = SearchConfig.from_dict(
+        {
+            "workload": {"model": "resnet20", "checkpoint": config["checkpoint"]},
+            "env": {"objective": "macs", "target_ratio": 0.001, **{k: config[k] for k in ("val_size", "sensitivity_images")}},
+        }
+    )
+    env = JointEnv(search.env)
+    floor, _, which = env.feasible_range()
+    reference = env.ctx.reference_costs.macs
+    assert which == "min keep, 8-bit" and floor == pytest.approx(env.ctx.analytic_cost(env.most_compressed()) / reference)
+    message = (
+        rf"^env.target_ratio is 0.001, below the feasible range of resnet20 on local-cpu: the cheapest uniform extreme of the "
+        rf"joint env \(min keep, 8-bit\) costs {100 * floor:.1f}% of the uncompressed model's macs; "
+        rf"allowed: {floor:.3f} <= env.target_ratio <= 1$"
+    )
+    with pytest.raises(BudgetError, match=message):
+        check_budget(search, env)
+    assert env.episodes == 0

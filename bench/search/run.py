@@ -33,13 +33,14 @@ ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
 RESULTS = REPO / "bench" / "results" / "search.json"
 METHODS = ("sac", "random", "tpe", "uniform")
-OWN_SOURCES = {"sac": ("sac",), "random": ("random",), "tpe": ("tpe",), "uniform": ("uniform",)}
+WALL_MODES = ("relative", "clamp")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="resnet20:0.5", help="model:budget[,budget...][;model:...] (default: resnet20:0.5)")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--wall-modes", default="relative", help="wall modes of the searches (relative, clamp; uniform plays without the wall)")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=100, help="episodes per run, the same for every method (default: 100)")
     p.add_argument("--finetune-steps", type=int, default=200)
@@ -55,14 +56,23 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         for budget in budgets.split(","):
             for seed in range(args.seeds):
                 for method in args.methods.split(","):
-                    if method == "uniform" and seed > 0:
-                        continue  # deterministic
-                    runs.append({"model": model, "budget": float(budget), "seed": seed, "method": method})
+                    if method == "uniform":
+                        if seed == 0:  # deterministic
+                            runs.append({"model": model, "budget": float(budget), "seed": seed, "method": method})
+                        continue
+                    for mode in args.wall_modes.split(","):
+                        runs.append({"model": model, "budget": float(budget), "seed": seed, "method": method, "wall_mode": mode})
     return runs
 
 
+def method_key(run: dict[str, Any]) -> str:
+    """The method's key in search.json: the default wall mode (relative) is the method itself, clamp runs are apart."""
+    return run["method"] if run.get("wall_mode", "relative") == "relative" else f"{run['method']}-clamp"
+
+
 def run_name(run: dict[str, Any]) -> str:
-    return f"{run['model']}-b{round(100 * run['budget'])}-{run['method']}-s{run['seed']}"
+    mode = "" if run.get("wall_mode", "relative") == "relative" else "-clamp"
+    return f"{run['model']}-b{round(100 * run['budget'])}-{run['method']}{mode}-s{run['seed']}"
 
 
 def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
@@ -73,7 +83,13 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
         "episodes": episodes,
         "seed": run["seed"],
         "workload": {"model": run["model"], "dataset": "fashion-mnist", "base_epochs": 5},
-        "env": {"kind": "joint", "target": "local-cpu", "objective": "latency", "target_ratio": run["budget"]},
+        "env": {
+            "kind": "joint",
+            "target": "local-cpu",
+            "objective": "latency",
+            "target_ratio": run["budget"],
+            "wall_mode": run.get("wall_mode", "relative"),
+        },  # fmt: skip
         "agent": {"algo": run["method"], "uniform_steps": 21},
     }
 
@@ -119,7 +135,7 @@ TOLERANCE = 1.03  # the measurement's repeatability (README: the same artifact s
 
 
 def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
-    own = [r for r in records if r["source"] in OWN_SOURCES[method]]
+    own = [r for r in records if r["source"] == method]
     within = [r for r in own if r["within_budget"]]
     best = max(within, key=lambda r: r["accuracy"], default=None)
     fifth = max(1, len(own) // 5)
@@ -175,8 +191,8 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         if loaded is None:
             continue
         _, records = loaded
-        model, budget, method = run["model"], f"{run['budget']:.2f}", run["method"]
-        metrics = run_metrics(method, records)
+        model, budget, method = run["model"], f"{run['budget']:.2f}", method_key(run)
+        metrics = run_metrics(run["method"], records)
         cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
         best = metrics.pop("best")
         if best is not None:
@@ -191,7 +207,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
                 cpu=final["cpu"],
             )
         cell["seeds"].append({"seed": run["seed"], **metrics})
-        own = [r for r in records if r["source"] in OWN_SOURCES[method]]
+        own = [r for r in records if r["source"] == run["method"]]
         curves.setdefault((model, budget), {}).setdefault(method, []).append(best_so_far(own))
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
