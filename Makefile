@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs bench-galen
+.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs bench-galen bench-search
 
 setup: $(STAMP) dataset
 
@@ -46,3 +46,8 @@ bench-envs: setup
 # Galen's experiment on this CPU (hours; resumable: re-run continues where it stopped)
 bench-galen: setup
 	$(BIN)/python -m bench.galen
+
+# Search quality (issue 20): SAC against random search, TPE and uniform policies (hours; resumable), then the proxy's fidelity
+bench-search: setup
+	$(BIN)/python -m bench.search
+	$(BIN)/python -m bench.search.fidelity

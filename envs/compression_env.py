@@ -54,8 +54,11 @@ class CompressionEnv(gym.Env):
     ``round_to`` channels. Precision: one decision per layer for weights and activations alike;
     ``a`` indexes the options sorted from most compressed to float (for latency on a CPU target:
     int8 below 0.5, float above; for MACs, BOPs or bytes: 2..8 bits or float). Action 1 everywhere
-    is no compression. The action the wall applied is in ``info["applied_action"]`` and in the next
-    observation; that, not the requested one, is what agents learn from.
+    is no compression. With the wall (``budget_guard``) in ``wall_mode: relative`` (default) the action
+    instead indexes the options the wall allows at this step (keep from the smallest allowed, precision
+    from the most compressed allowed), so every action is feasible as requested; in ``clamp`` mode the
+    absolute action is clamped to the nearest allowed option. The applied action is in
+    ``info["applied_action"]`` and in the next observation; that is what agents learn from.
 
     ## Observation Space
 

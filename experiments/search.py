@@ -127,7 +127,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
                     save_checkpoint(algo, run, iteration, count, config.agent.algo, obs_dim, action_dim)
                 if on_iteration is not None:
                     on_iteration(iteration, summary, run.latest_checkpoint())
-        if not any(r.get("source") == "uniform-safety" for r in run.episodes()):
+        if config.env.budget_guard and not any(r.get("source") == "uniform-safety" for r in run.episodes()):
             play_safety_net(env, lambda info, source, extra: ray.get(recorder.record.remote(info, source, extra)))
         final = run.latest_checkpoint()
         source = f"{config.agent.algo}-deterministic"
@@ -158,7 +158,8 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]
             if len(own) < config.episodes:
                 run_baseline(config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick)
-            if config.agent.algo != "uniform" and not any(r.get("source") == "uniform-safety" for r in episode_log.records):
+            safety = config.env.budget_guard and config.agent.algo != "uniform"
+            if safety and not any(r.get("source") == "uniform-safety" for r in episode_log.records):
                 play_safety_net(env, episode_log.record)
     finally:
         episode_log.close()
@@ -215,7 +216,9 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
     if run is not None:
         run.set_state(feasible_range=[floor, ceiling])
     target = config.env.target_ratio
-    if target < floor:
+    if target < floor and not config.env.budget_guard:
+        log.warning("env.target_ratio %g is below the feasible range (%.3f); budget_guard is off, so the search runs anyway", target, floor)
+    elif target < floor:
         verb = "measures" if config.env.objective == "latency" else "costs"
         raise BudgetError(
             f"env.target_ratio is {target:g}, below the feasible range of {config.env.model} on {config.env.target}: the cheapest "

@@ -27,7 +27,7 @@ def test_help_shows_each_config_field_with_its_default() -> None:
     assert "--epochs EPOCHS       training epochs (default: 5)" in text
     assert "--progress, --no-progress" in text
     demo = cli.build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
-    assert "25% latency budget" in " ".join(demo.split())
+    assert "60% latency budget" in " ".join(demo.split())
     sweep = " ".join(cli.build_parser()._subparsers._group_actions[0].choices["sweep"].format_help().split())
     assert "--trials TRIALS trials (hyperparameter samples) (default: 8)" in sweep
 

@@ -90,6 +90,7 @@ def search_config(run: Run, root: Path, *, model: str, checkpoint: str, episodes
             "objective": "latency",
             "target_ratio": run.budget,
             "reward": "galen",
+            "budget_guard": False,  # Galen's reproduction: budgets below the floor, the penalty reward, no wall
             "val_size": val_size,
         },
         "agent": {"algo": run.algo, **AGENT_SETTINGS.get(run.algo, {})},

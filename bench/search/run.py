@@ -150,7 +150,6 @@ def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         "last_20_mean_accuracy": statistics.mean(r["accuracy"] for r in own[-fifth:]) if own else None,
         "seconds_per_episode_env": statistics.median(seconds) if seconds else None,
         "predictor_mape": 100 * statistics.mean(errors) if errors else None,
-        "wall_seconds": None,
     }
 
 
@@ -190,9 +189,11 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         loaded = load(run)
         if loaded is None:
             continue
-        _, records = loaded
+        header, records = loaded
         model, budget, method = run["model"], f"{run['budget']:.2f}", method_key(run)
         metrics = run_metrics(run["method"], records)
+        seconds = header["state"].get("seconds")
+        metrics["wall_seconds_per_episode"] = seconds / len(records) if seconds and records else None
         cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
         best = metrics.pop("best")
         if best is not None:
@@ -237,8 +238,8 @@ def aggregate(cell: dict[str, Any]) -> None:
     for name in ("best_accuracy", "best_accuracy_after_finetune", "latency_ratio_remeasured"):
         cell[name] = [s[name] for s in seeds if name in s]
     cell["episodes"] = [s["episodes"] for s in seeds]
-    values = [s["seconds_per_episode_env"] for s in seeds if s["seconds_per_episode_env"]]
-    cell["seconds_per_episode"] = statistics.mean(values) if values else None
+    values = [s["wall_seconds_per_episode"] for s in seeds if s.get("wall_seconds_per_episode")]
+    cell["seconds_per_episode"] = statistics.mean(values) if values else None  # the run's wall time per episode (agent included)
     cell["first_20_mean_accuracy"] = [s["first_20_mean_accuracy"] for s in seeds]
     cell["last_20_mean_accuracy"] = [s["last_20_mean_accuracy"] for s in seeds]
     mapes = [s["predictor_mape"] for s in seeds if s["predictor_mape"] is not None]
@@ -255,7 +256,8 @@ def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[
     paths = []
     for (model, budget), methods in curves.items():
         fig, ax = plt.subplots(figsize=(7, 4))
-        for method, runs in methods.items():
+        for index, (method, runs) in enumerate(methods.items()):
+            color = f"C{index}"
             if method == "uniform":
                 best = max(out[model][budget]["uniform"]["best_accuracy"], default=None)
                 if best is not None:
@@ -264,8 +266,9 @@ def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[
             n = min(len(c) for c in runs)
             array = 100 * np.array([c[:n] for c in runs])
             for row in array:
-                ax.plot(row, lw=0.5, alpha=0.4)
-            ax.plot(np.nanmean(array, axis=0), lw=2, label=f"{method} (mean of {len(runs)} seeds)")
+                ax.plot(row, lw=0.5, alpha=0.4, color=color)
+            style = "--" if "clamp" in method else "-"
+            ax.plot(np.nanmean(array, axis=0), lw=2, color=color, ls=style, label=f"{method} ({len(runs)} seeds)")
         ax.set_xlabel("episode")
         ax.set_ylabel("best within-budget val. accuracy so far (%)")
         ax.set_title(f"{model}, latency budget {float(budget):.0%} (local-cpu)")
@@ -296,9 +299,9 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
     lines.append("")
     lines.append(
         "| model | budget | method | seeds | within budget (strict / +3%) | best val. acc. | after fine-tune | "
-        "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE |"
+        "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
             continue
@@ -311,7 +314,7 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 accuracies = f"{_fmt(c['best_accuracy'])} | {_fmt(c['best_accuracy_after_finetune'])}"
                 lines.append(
                     f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | {rates} | {accuracies} | "
-                    f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} |"
+                    f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} | {c['seconds_per_episode'] or 0:.1f} |"
                 )
     lines.append("")
     for model, tau in out["proxy_kendall_tau"].items():
