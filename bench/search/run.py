@@ -317,8 +317,18 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                     f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} | {c['seconds_per_episode'] or 0:.1f} |"
                 )
     lines.append("")
-    for model, tau in out["proxy_kendall_tau"].items():
-        lines.append(f"Proxy fidelity, {model}: Kendall tau {tau:.2f} (`bench/results/fidelity.json`).")
+    fidelity_path = REPO / "bench" / "results" / "fidelity.json"
+    fidelity = json.loads(fidelity_path.read_text()) if fidelity_path.exists() else {}
+    for model, f in fidelity.items():
+        variants = ", ".join(
+            f"{tau:.2f} with {name.split('_')[1]} distillation steps ({f['seconds_per_episode'][name]:.1f} s per episode)"
+            for name, tau in f["kendall_tau"].items()
+        )
+        lines.append(
+            f"Proxy fidelity, {model} (`python -m bench.search.fidelity`): Kendall tau between the per-episode accuracy and the "
+            f"test accuracy after the fixed fine-tune over {f['policies']} random policies within {f['budget']:.0%}: {variants}. "
+            "The search uses the cheapest proxy that reaches 0.6 (0 steps: batch-norm re-estimation only)."
+        )
     lines += ["", *[f"![{p}]({Path(p).name})" for p in plots], "", "<!-- search:end -->"]
     readme = REPO / "bench" / "README.md"
     text = readme.read_text()
