@@ -380,8 +380,13 @@ class CompressionEnv(gym.Env):
         """``policy``'s cost as a fraction of the uncompressed model's: measured on the target (cache first) for latency."""
         if self.config.objective != "latency" or self.config.latency_source != "measure":
             return self.ctx.analytic_cost(policy) / self.ctx.analytic_reference_cost()
-        artifact = compress(self.ctx.model, policy, self.ctx.example, self.ctx.calibration, structure=self.ctx.structure).artifact
-        return self.ctx.client.measure(artifact.data, self.ctx.reference).ratio
+        return self.ctx.client.measure(self._artifact(policy), self.ctx.reference).ratio
+
+    def _artifact(self, policy: CompressionPolicy) -> bytes:
+        """The deployable artifact of ``policy`` as built for timing (pruned, no recalibration)."""
+        ctx = self.ctx
+        built = compress(ctx.model, policy, ctx.example, ctx.calibration, structure=ctx.structure, round_to=self.config.round_to)
+        return built.artifact.data
 
     def most_compressed(self) -> CompressionPolicy:
         """The most compressed policy this env can play (every unit at its first option)."""
@@ -411,8 +416,8 @@ class CompressionEnv(gym.Env):
             if client is None:
                 costs[name] = self.ctx.analytic_cost(policy) / self.ctx.analytic_reference_cost()
                 continue
-            artifact = compress(self.ctx.model, policy, self.ctx.example, self.ctx.calibration, structure=self.ctx.structure).artifact
-            costs[name] = sorted(client.measure(artifact.data, self.ctx.reference).ratio for _ in range(3))[1]
+            artifact = self._artifact(policy)
+            costs[name] = sorted(client.measure(artifact, self.ctx.reference).ratio for _ in range(3))[1]
         which = min(costs, key=costs.get)
         return costs[which], 1.0, which
 
