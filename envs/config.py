@@ -57,6 +57,7 @@ class EnvConfig:
     target_ratio: float = 0.25  # T = target_ratio x C(uncompressed)
     reward: str = "accuracy"  # accuracy within budget (envs.rewards); galen: Galen's acc - 5|C/T - 1|
     budget_guard: bool = True  # the action wall and the repair pass (envs.wall): every episode feasible by construction
+    repair_rounds: int = 2  # latency: times the repair pass may go on when the target measures the repaired policy over budget
     wall_mode: str = "relative"  # relative: the action indexes the options the wall allows; clamp: AMC's clamp of the absolute action
     latency_source: str = "measure"  # measure on the target (cache first) or predict with the per-layer table
     val_size: int = 2000  # validation images scored per episode (the first N of the validation split)
@@ -80,6 +81,7 @@ class EnvConfig:
             "val_size": (self.val_size >= 1, "an integer >= 1"),
             "finetune_steps": (self.finetune_steps >= 0, "an integer >= 0"),
             "bn_batches": (self.bn_batches >= 0, "an integer >= 0"),
+            "repair_rounds": (self.repair_rounds >= 0, "an integer >= 0"),
             "base_epochs": (self.base_epochs >= 1, "an integer >= 1"),
             "round_to": (self.round_to >= 1, "an integer >= 1"),
             "sensitivity_images": (self.sensitivity_images >= 1, "an integer >= 1"),

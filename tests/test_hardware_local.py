@@ -143,6 +143,23 @@ def test_local_client_times_once_then_serves_from_the_cache(tmp_path: Path, arti
     assert not other.measure(artifacts["half"], artifacts["reference"]).cached
 
 
+def test_confirm_times_afresh_and_replaces_a_disturbed_cached_timing(tmp_path: Path, artifacts) -> None:
+    import dataclasses
+
+    from hardware.client import LatencyClient
+
+    target = parse_target({"name": "local-x", "local": True, "measurement": FAST})
+    client = LatencyClient(target, cache=tmp_path / "latency.sqlite")
+    first = client.measure(artifacts["half"], artifacts["reference"])
+    disturbed = dataclasses.replace(first, ratio=first.ratio * 3)  # as a busy neighbour would leave it in the cache
+    client._cache_put(client.key(artifacts["half"], artifacts["reference"]), disturbed.to_dict())
+    assert client.measure(artifacts["half"], artifacts["reference"]).ratio == pytest.approx(first.ratio * 3)
+    confirmed = client.confirm(artifacts["half"], artifacts["reference"])
+    assert not confirmed.cached and client.stats()["timings"] == 4  # three fresh timings
+    assert confirmed.ratio < first.ratio * 2  # the disturbed value is gone ...
+    assert client.measure(artifacts["half"], artifacts["reference"]).ratio == confirmed.ratio  # ... from the cache too
+
+
 def test_remote_target_without_a_cluster_is_a_clear_error() -> None:
     import ray
 
