@@ -109,26 +109,59 @@ class Wall:
         return [options[i] for i in feasible if low[i] >= floor - 1e-12]
 
     def repair(self, policy: CompressionPolicy, limit: float, loss: LossFn) -> tuple[CompressionPolicy, int]:
-        """Lower decisions until ``cost(policy) <= limit``; returns the policy and how many decisions were lowered."""
+        """Lower decisions until ``cost(policy) <= limit``; returns the policy and how many decisions were lowered.
+
+        A move is one channel step less or the next lower precision of one unit, the one with the most cost saved per
+        unit of sensitivity lost. When no such step saves anything (on CPUs where narrow int8 layers are slow, an int8
+        network only gets cheaper by going to narrow float), any cheaper option of one unit is a move; when none is
+        either (one float layer among int8 ones adds conversions), the units from one index on go to their cheapest
+        corner together, which always gets down to the cost model's floor.
+        """
         moves = 0
         current = self.cost(policy)
         while current > limit:
-            best, best_score, best_cost = None, -math.inf, current
-            for unit in self.units:
-                option = self._current(policy, unit)
-                for lower in self._lower(unit, option):
-                    candidate = self._with(policy, unit, lower)
-                    cost = self.cost(candidate)
-                    gain = current - cost
-                    if gain <= 0:
-                        continue
-                    score = gain / (max(loss(unit, lower) - loss(unit, option), 0.0) + 1e-6)
-                    if score > best_score:
-                        best, best_score, best_cost = candidate, score, cost
+            best = self._best_move(policy, current, loss, lambda unit, option: self._lower(unit, option))
+            if best is None:
+                best = self._best_move(policy, current, loss, lambda unit, option: self.options[unit])
+            if best is None:
+                best = self._best_suffix(policy, current, loss)
             if best is None:
                 break
-            policy, current, moves = best, best_cost, moves + 1
+            policy, current, moves = best[0], best[1], moves + 1
         return policy, moves
+
+    def _best_move(
+        self, policy: CompressionPolicy, current: float, loss: LossFn, candidates: Callable[[str, Option], list[Option]]
+    ) -> tuple[CompressionPolicy, float] | None:
+        best, best_score = None, -math.inf
+        for unit in self.units:
+            option = self._current(policy, unit)
+            for lower in candidates(unit, option):
+                if lower == option:
+                    continue
+                candidate = self._with(policy, unit, lower)
+                cost = self.cost(candidate)
+                gain = current - cost
+                if gain <= 0:
+                    continue
+                score = gain / (max(loss(unit, lower) - loss(unit, option), 0.0) + 1e-6)
+                if score > best_score:
+                    best, best_score = (candidate, cost), score
+        return best
+
+    def _best_suffix(self, policy: CompressionPolicy, current: float, loss: LossFn) -> tuple[CompressionPolicy, float] | None:
+        best, best_score = None, -math.inf
+        for index in range(len(self.units)):
+            candidate = self.rest_at_most(policy, index)
+            cost = self.cost(candidate)
+            gain = current - cost
+            if gain <= 0:
+                continue
+            lost = sum(loss(unit, self._current(candidate, unit)) - loss(unit, self._current(policy, unit)) for unit in self.units[index:])
+            score = gain / (max(lost, 0.0) + 1e-6)
+            if score > best_score:
+                best, best_score = (candidate, cost), score
+        return best
 
     def _current(self, policy: CompressionPolicy, unit: str) -> Option:
         group, layer = self.keep_unit[unit], self.precision_unit[unit]
