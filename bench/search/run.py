@@ -17,6 +17,7 @@ re-writes the results without re-running.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import os
@@ -75,6 +76,15 @@ def run_name(run: dict[str, Any]) -> str:
     return f"{run['model']}-b{round(100 * run['budget'])}-{run['method']}{mode}-s{run['seed']}"
 
 
+@functools.cache
+def base_checkpoint(model: str) -> str:
+    """The one base model every seed searches (5 epochs, training seed 0); the seeds differ in the search only."""
+    from workloads.base import obtain_base_model
+    from workloads.training import Recipe
+
+    return str(obtain_base_model(model, "fashion-mnist", Recipe(epochs=5), 0, train=False, progress=False).path)
+
+
 def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
     name = run_name(run)
     return {
@@ -82,7 +92,7 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
         "run_dir": str(ROOT / "runs" / name),
         "episodes": episodes,
         "seed": run["seed"],
-        "workload": {"model": run["model"], "dataset": "fashion-mnist", "base_epochs": 5},
+        "workload": {"model": run["model"], "dataset": "fashion-mnist", "base_epochs": 5, "checkpoint": base_checkpoint(run["model"])},
         "env": {
             "kind": "joint",
             "target": "local-cpu",
