@@ -62,6 +62,8 @@ class LatencyClient:
         self.use_ray = ray.is_initialized()
         self.actors: list = []
         self.timings = self.hits = self.misses = 0
+        self.slow_retries = 0  # timings taken again because the reference ran slow (the machine in a slow state)
+        self._fastest_reference: dict[str, float] = {}  # reference digest -> its fastest median seen (ms)
         if self.use_ray:
             self.actors = [latency_actor(target, node) for node in self._wait_for_nodes(wait_s)]
             self.runtime = ray.get(self.actors[0].runtime.remote(target.runtime), timeout=call_timeout_s)
@@ -150,7 +152,34 @@ class LatencyClient:
         elif self._cache is not None:
             self._cache.put(key, result)
 
+    SLOW_REFERENCE = 1.15  # a reference median this much above its fastest seen: the machine is in a slow state
+    SLOW_RETRIES = 3
+
     def _time(self, candidate: bytes, reference: bytes | None) -> Measurement:
+        """One timing; taken again (up to ``SLOW_RETRIES`` times) while the reference runs slow.
+
+        On this project's shared 2-core VM the machine drifts for seconds at a time into a state where everything
+        runs about 35% slower and the ratios move too (ResNet-20: the reference 0.64 -> 0.87 ms, int8 full width
+        0.54 -> 0.67, 10% keep fp32 0.40 -> 0.48); the interleaving cannot see that. The reference's own median is
+        the witness: the timing with the fastest reference is kept.
+        """
+        result = self._time_once(candidate, reference)
+        if reference is None or result.reference is None:
+            return result
+        key = _digest(reference)
+        for _ in range(self.SLOW_RETRIES):
+            fastest = self._fastest_reference.get(key)
+            if fastest is None or result.reference.median_ms <= fastest * self.SLOW_REFERENCE:
+                break
+            time.sleep(1.0)
+            self.slow_retries += 1
+            again = self._time_once(candidate, reference)
+            if again.reference is not None and again.reference.median_ms < result.reference.median_ms:
+                result = again
+        self._fastest_reference[key] = min(self._fastest_reference.get(key, float("inf")), result.reference.median_ms)
+        return result
+
+    def _time_once(self, candidate: bytes, reference: bytes | None) -> Measurement:
         if not self.use_ray:
             with device_lock(self.target.name):
                 return measure(candidate, self.target, reference)

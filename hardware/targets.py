@@ -63,9 +63,13 @@ class HardwareTarget:
 
     @property
     def cache_id(self) -> str:
-        """What makes two measurements comparable: the device kind, threads, batch size and the measurement protocol."""
+        """What makes two measurements comparable: the device kind, threads, batch size and the measurement protocol.
+
+        ``slowguard``: timings taken while the reference ran slow are taken again (``LatencyClient._time``); entries
+        cached before that guard existed are not comparable and are not used.
+        """
         m = self.measurement
-        return f"{self.name}:threads={self.threads}:batch={self.batch_size}:rounds={m.rounds}x{m.runs_per_round}"
+        return f"{self.name}:threads={self.threads}:batch={self.batch_size}:rounds={m.rounds}x{m.runs_per_round}:slowguard"
 
     def to_dict(self) -> dict[str, Any]:
         """The mapping ``parse_target`` reads (what a latency actor receives)."""

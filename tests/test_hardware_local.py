@@ -160,6 +160,30 @@ def test_confirm_times_afresh_and_replaces_a_disturbed_cached_timing(tmp_path: P
     assert client.measure(artifacts["half"], artifacts["reference"]).ratio == confirmed.ratio  # ... from the cache too
 
 
+def test_a_timing_taken_while_the_reference_runs_slow_is_taken_again(tmp_path: Path, artifacts, monkeypatch) -> None:
+    import dataclasses
+
+    from hardware.client import LatencyClient
+
+    target = parse_target({"name": "local-x", "local": True, "measurement": FAST})
+    client = LatencyClient(target, cache=None)
+    real = client.measure(artifacts["half"], artifacts["reference"])  # the fastest reference seen so far
+    # the machine drifts into its slow state for two timings (everything 40% slower, the ratio up too), then back
+    slow = dataclasses.replace(
+        real,
+        ratio=real.ratio * 1.2,
+        reference=dataclasses.replace(real.reference, median_ms=real.reference.median_ms * 1.4),
+    )
+    states = iter([slow, slow, real])
+    monkeypatch.setattr(client, "_time_once", lambda candidate, reference: next(states))
+    monkeypatch.setattr("hardware.client.time.sleep", lambda seconds: None)
+    again = client.measure(artifacts["half"], artifacts["reference"])
+    assert again.ratio == real.ratio and client.slow_retries == 2
+    # without a reference there is no witness: one timing, as it came
+    monkeypatch.setattr(client, "_time_once", lambda candidate, reference: slow)
+    assert client.measure(artifacts["half"]).ratio == slow.ratio and client.slow_retries == 2
+
+
 def test_remote_target_without_a_cluster_is_a_clear_error() -> None:
     import ray
 
