@@ -123,12 +123,37 @@ class CompressionEnv(gym.Env):
             {u: (u if self._quantizes_here() else None) for u in self.units},
             self.ctx.analytic_cost,
         )
+        self.precision_leader = self._precision_leaders()
         self._t = 0
         self._keep: dict[str, float] = {}
         self._precision: dict[str, Precision] = {}
         self._previous = np.ones(k, np.float32)
         self._clamped = 0
         self.episodes = 0
+
+    def _precision_leaders(self) -> dict[str, str]:
+        """unit -> the unit whose precision it takes (itself unless ``precision_align`` ties it to its block / stage).
+
+        Layers are grouped by their name's prefix: ``layers.<stage>.<block>.<layer>`` (ResNets here); a layer named
+        otherwise (the stem, the classifier) is a group of its own. Fewer precision changes mean fewer conversions,
+        which cost time on CPUs, and a random exploration that mixes int8 and float layer by layer pays for them.
+        """
+        depth = {"layer": None, "block": 3, "stage": 2}[self.config.precision_align]
+        leaders: dict[str, str] = {}
+        first: dict[str, str] = {}
+        for unit in self.units:
+            parts = unit.split(".")
+            group = ".".join(parts[:depth]) if depth and len(parts) > depth and parts[0] == "layers" else unit
+            leaders[unit] = first.setdefault(group, unit)
+        return leaders
+
+    def _aligned(self, unit: str, options: list[Option]) -> list[Option]:
+        """``options`` at the precision the unit's leader chose (all of them when it has none, or none fits)."""
+        leader = self.precision_leader.get(unit, unit)
+        if leader == unit or leader not in self._precision:
+            return options
+        same = [o for o in options if o.precision is None or o.precision == self._precision[leader]]
+        return same or options
 
     # --- decoding --------------------------------------------------------------------------------
     def _keeps_here(self, unit: str) -> bool:
@@ -185,7 +210,7 @@ class CompressionEnv(gym.Env):
         return self.config.target_ratio * self.ctx.analytic_reference_cost() / (1.0 + self.ctx.wall_margin())
 
     def _wall_step(self, unit: str, requested: Option, action: np.ndarray) -> tuple[Option, np.ndarray]:
-        allowed = self.wall.bounds(self.policy(), self._t, self.limit())
+        allowed = self._aligned(unit, self.wall.bounds(self.policy(), self._t, self.limit()))
         if self.config.wall_mode == "relative":
             return self._relative(allowed, action), action
         if requested in allowed:
@@ -268,6 +293,8 @@ class CompressionEnv(gym.Env):
         option, applied = requested, action
         if self.config.budget_guard:
             option, applied = self._wall_step(unit, requested, action)
+        elif option.precision is not None and self.precision_leader[unit] in self._precision:
+            option = Option(option.keep, self._precision[self.precision_leader[unit]])  # aligned (the leader's own is set)
         self._clamped += option != requested
         if option.keep is not None:
             self._keep[unit] = option.keep

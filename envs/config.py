@@ -11,6 +11,7 @@ OBJECTIVES = ("latency", "macs", "bops", "bytes")
 REWARDS = ("accuracy", "galen", "constrained-soft", "constrained-hard", "amc")
 LATENCY_SOURCES = ("measure", "predict")
 WALL_MODES = ("relative", "clamp")
+PRECISION_ALIGN = ("layer", "block", "stage")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class EnvConfig:
     reward: str = "accuracy"  # accuracy within budget (envs.rewards); galen: Galen's acc - 5|C/T - 1|
     budget_guard: bool = True  # the action wall and the repair pass (envs.wall): every episode feasible by construction
     repair_rounds: int = 2  # latency: times the repair pass may go on when the target measures the repaired policy over budget
+    precision_align: str = "layer"  # layer: each its own precision; block | stage: a block's / stage's first layer decides
     wall_mode: str = "relative"  # relative: the action indexes the options the wall allows; clamp: AMC's clamp of the absolute action
     latency_source: str = "measure"  # measure on the target (cache first) or predict with the per-layer table
     val_size: int = 2000  # validation images scored per episode (the first N of the validation split)
@@ -70,7 +72,14 @@ class EnvConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        choices = {"kind": KINDS, "objective": OBJECTIVES, "reward": REWARDS, "latency_source": LATENCY_SOURCES, "wall_mode": WALL_MODES}
+        choices = {
+            "kind": KINDS,
+            "objective": OBJECTIVES,
+            "reward": REWARDS,
+            "latency_source": LATENCY_SOURCES,
+            "wall_mode": WALL_MODES,
+            "precision_align": PRECISION_ALIGN,
+        }
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:

@@ -117,7 +117,7 @@ class LatencyPredictor:
             previous = shape.int8
         return fp32, int8, switch
 
-    def calibrate(self, samples: Sequence[tuple[Specs, float]], anchor: int | None = None) -> Calibration:
+    def calibrate(self, samples: Sequence[tuple[Specs, float]], anchor: int | Sequence[int] | None = None) -> Calibration:
         """Fit the calibration to whole models measured on the target: (layer specs, measured median ms) pairs.
 
         With three or more models the three coefficients are fitted (least squares on relative error, all
@@ -126,9 +126,10 @@ class LatencyPredictor:
         one-layer artifact carries the call overhead the whole model pays once, so the sum over-counts it most
         for narrow models (ResNet-20 at 10% keep, fp32: predicted 59% without it, 49% with it, measured 40-50%;
         AMX Xeon, 14 calibration models plus 51 search episodes: episodes' MAPE 9.7% -> 6.6%, leave-one-out on
-        the calibration models 7.8% -> 6.0%). ``anchor``: index of the reference model (the uncompressed one)
-        among ``samples``, weighted 10x so that the fit passes through it and ``predict_ratio`` is not biased by
-        the error at the reference (ResNet-20: ratio MAPE 10.3% -> 8.8%).
+        the calibration models 7.8% -> 6.0%). ``anchor``: index (or indices) of samples weighted 10x so that the
+        fit passes through them and never drops them: the reference model (the uncompressed one), so that
+        ``predict_ratio`` is not biased by the error at the reference (ResNet-20: ratio MAPE 10.3% -> 8.8%), and
+        the cheapest extremes, where an action wall decides what is feasible.
         """
         if not samples:
             raise ValueError("calibration needs at least one measured model")
@@ -137,8 +138,8 @@ class LatencyPredictor:
         offset = 0.0
         if len(samples) >= 3:
             weights = np.ones(len(samples))
-            if anchor is not None:
-                weights[anchor] = 10.0
+            anchors = [] if anchor is None else [anchor] if isinstance(anchor, int) else list(anchor)
+            weights[anchors] = 10.0
             with_offset = len(samples) >= self.OFFSET_SAMPLES
             design = np.column_stack([features, np.ones(len(samples))]) if with_offset else features
             free = 3 if with_offset else None
@@ -147,8 +148,7 @@ class LatencyPredictor:
             # 0.54) would bend the fit for every policy; samples off by more than max(10%, 3x the median error) go.
             error = np.abs(design @ coef / measured - 1.0)
             keep = error <= max(0.10, 3.0 * float(np.median(error)))
-            if anchor is not None:
-                keep[anchor] = True
+            keep[anchors] = True
             if keep.sum() >= design.shape[1] and not keep.all():
                 kept = weights * keep
                 coef = _nonnegative_fit(design / measured[:, None] * kept[:, None], kept, free)

@@ -139,6 +139,21 @@ def test_relative_wall_maps_every_action_into_the_allowed_options(config: dict) 
     assert env.policy().precision[env.units[0]] == max((o.precision for o in allowed), key=lambda p: p.weight_bits)
 
 
+@pytest.mark.parametrize("guard", [True, False])
+def test_stage_aligned_precision_gives_every_layer_of_a_stage_its_first_layers_precision(config: dict, guard: bool) -> None:
+    env = JointEnv({**config, "objective": "macs", "target_ratio": 0.6, "precision_align": "stage", "budget_guard": guard})
+    assert env.precision_leader["layers.1.2.conv2"] == env.precision_leader["layers.1.0.shortcut.0"] == "layers.1.0.conv1"
+    assert env.precision_leader["conv1"] == "conv1" and env.precision_leader["fc"] == "fc"
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        _, _, info = _run(env, rng.uniform(0, 1, (len(env.units), 2)))
+        policy = info["policy"]["precision"]
+        for stage in ("layers.0.", "layers.1.", "layers.2."):
+            bits = {p["weight_bits"] for name, p in policy.items() if name.startswith(stage)}
+            # one precision per stage (the repair pass may still lower single layers when the budget needs it)
+            assert len(bits) == 1 or (guard and info["repaired"] > 0), (stage, bits)
+
+
 def test_repair_pass_lowers_the_cheapest_to_lose_decisions_until_the_budget_holds(config: dict) -> None:
     from compression.policy import CompressionPolicy
 
