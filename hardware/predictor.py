@@ -68,7 +68,7 @@ def mape(predicted: Iterable[float], measured: Iterable[float]) -> float:
 class LatencyPredictor:
     """Predicts a model's latency on ``client``'s target from its layer specs."""
 
-    OFFSET_SAMPLES = 8  # calibration models needed before the per-model offset is fitted too
+    OFFSET_SAMPLES = 12  # calibration models needed before the per-model offset is fitted too (8 made it unstable)
 
     def __init__(self, client: LatencyClient, calibration: Calibration | None = None, progress: bool | None = None) -> None:
         self.client = client
@@ -121,7 +121,7 @@ class LatencyPredictor:
         """Fit the calibration to whole models measured on the target: (layer specs, measured median ms) pairs.
 
         With three or more models the three coefficients are fitted (least squares on relative error, all
-        kept >= 0); with ``OFFSET_SAMPLES`` or more, a per-model offset of either sign as well; with fewer than
+        kept >= 0); with ``OFFSET_SAMPLES`` (12) or more, a per-model offset of either sign as well; with fewer than
         three, a single scale of the table's sum is. The offset is what the table's sum cannot express: every
         one-layer artifact carries the call overhead the whole model pays once, so the sum over-counts it most
         for narrow models (ResNet-20 at 10% keep, fp32: predicted 59% without it, 49% with it, measured 40-50%;
