@@ -147,13 +147,17 @@ class CompressionEnv(gym.Env):
             leaders[unit] = first.setdefault(group, unit)
         return leaders
 
+    def _leader_precision(self, unit: str) -> Precision | None:
+        """The precision ``unit`` must take from its block's / stage's leader (None: it decides its own)."""
+        leader = self.precision_leader[unit]
+        return self._precision.get(leader) if leader != unit else None
+
     def _aligned(self, unit: str, options: list[Option]) -> list[Option]:
         """``options`` at the precision the unit's leader chose (all of them when it has none, or none fits)."""
-        leader = self.precision_leader.get(unit, unit)
-        if leader == unit or leader not in self._precision:
+        precision = self._leader_precision(unit)
+        if precision is None:
             return options
-        same = [o for o in options if o.precision is None or o.precision == self._precision[leader]]
-        return same or options
+        return [o for o in options if o.precision is None or o.precision == precision] or options
 
     # --- decoding --------------------------------------------------------------------------------
     def _keeps_here(self, unit: str) -> bool:
@@ -293,8 +297,8 @@ class CompressionEnv(gym.Env):
         option, applied = requested, action
         if self.config.budget_guard:
             option, applied = self._wall_step(unit, requested, action)
-        elif option.precision is not None and self.precision_leader[unit] in self._precision:
-            option = Option(option.keep, self._precision[self.precision_leader[unit]])  # aligned (the leader's own is set)
+        elif option.precision is not None and self._leader_precision(unit) is not None:
+            option = Option(option.keep, self._leader_precision(unit))  # aligned to its block's / stage's leader
         self._clamped += option != requested
         if option.keep is not None:
             self._keep[unit] = option.keep
@@ -401,11 +405,10 @@ class CompressionEnv(gym.Env):
             return latency_ms, latency_ms / ctx.predictor.predict(ctx.reference_specs), None, predicted_ratio
         artifact = compressed.artifact.data
         m = ctx.client.measure(artifact, ctx.reference)
-        if config.objective == "latency":
-            ctx.observe_latency(specs, predicted_ratio, m.ratio)  # online calibration of the predictor
         if confirm and m.ratio > config.target_ratio:
             m = ctx.client.confirm(artifact, ctx.reference)
-            ctx.observe_latency(specs, predicted_ratio, m.ratio, replaces_last=True)
+        if config.objective == "latency":
+            ctx.observe_latency(specs, predicted_ratio, m.ratio)  # online calibration of the predictor
         return m.candidate.median_ms, m.ratio, m.cached, predicted_ratio
 
     def decode_policy(self, actions: np.ndarray) -> CompressionPolicy:

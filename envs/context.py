@@ -191,17 +191,10 @@ class EnvContext:
     CALIBRATION_ANCHORS = (0, 1, 2, 3)
     MARGIN_WINDOW = 50
 
-    def observe_latency(
-        self, specs: list[dict[str, Any]], predicted_ratio: float, measured_ratio: float, replaces_last: bool = False
-    ) -> None:
-        """Record a measured episode (its predicted and measured ratio) and re-fit the predictor's calibration with it.
-
-        ``replaces_last``: this is a confirmed re-measurement of the last observed policy (it takes that one's place).
-        """
+    def observe_latency(self, specs: list[dict[str, Any]], predicted_ratio: float, measured_ratio: float) -> None:
+        """Record a measured episode (its predicted and measured ratio) and re-fit the predictor's calibration with it."""
         predictor = self.predictor
         reference_ms = self._calibration[0][1]  # the uncompressed model as measured at calibration (the anchor)
-        if replaces_last and self._observed:
-            self._observed.pop()
         self._observed.append((specs, predicted_ratio, measured_ratio))
         recent = [(sp, measured * reference_ms) for sp, _, measured in self._observed[-self.ONLINE_SAMPLES :]]
         predictor.calibrate(self._calibration + recent, anchor=self.CALIBRATION_ANCHORS)
