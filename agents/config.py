@@ -40,7 +40,12 @@ class AgentConfig:
     noise_final: float = _f(0.02, "SAC exploration: std at the run's last episode (decays geometrically)")
     train_batch_size: int = _f(64, "SAC transitions per update", ("choice", 32, 64, 128))
     buffer_size: int = _f(20000, "SAC replay buffer capacity in transitions")
-    warmup_episodes: int | None = _f(None, "SAC: episodes of uniformly random actions before the first update (None: 15% of the run)")
+    warmup_episodes: int | None = _f(None, "SAC: episodes of random actions before the first update (None: 15% of the run)")
+    warmup_jitter: float | None = _f(
+        0.1,
+        "SAC warm-up: each episode plays one uniformly drawn action at every step plus truncated-normal noise of this std"
+        " (None: every step uniform on its own)",
+    )
     updates_per_episode: int = _f(8, "SAC gradient updates per sampled episode", ("choice", 4, 8, 16))
     hidden: tuple[int, ...] = _f((256, 256), "hidden layer sizes of the actor and critic MLPs")
     episodes_per_iteration: int = _f(
@@ -77,6 +82,8 @@ class AgentConfig:
                 raise ConfigError("agent config", name, value, f"an integer >= {low}")
         if self.warmup_episodes is not None and (not isinstance(self.warmup_episodes, int) or self.warmup_episodes < 0):
             raise ConfigError("agent config", "warmup_episodes", self.warmup_episodes, "an integer >= 0 or null")
+        if self.warmup_jitter is not None and not (isinstance(self.warmup_jitter, (int, float)) and self.warmup_jitter > 0):
+            raise ConfigError("agent config", "warmup_jitter", self.warmup_jitter, "a number > 0 or null")
         if self.entropy_coeff < 0:
             raise ConfigError("agent config", "entropy_coeff", self.entropy_coeff, "a number >= 0")
         if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):

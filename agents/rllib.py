@@ -10,8 +10,11 @@ Choices, and why (AMC, HAQ and Galen train DDPG this way; RLlib 2.60 has no DDPG
   episode's outcome given the state and the action (AMC's and HAQ's broadcast reward). The env's
   action wall may change an action; the applied action replaces the requested one in the episode
   before it reaches the replay buffer, so the agent learns from what was played.
-- Exploration (:class:`GalenSACModule`): the first ``warmup_episodes`` are uniformly random actions
-  (learning starts after them); then the actor's deterministic action plus truncated-normal noise
+- Exploration (:class:`GalenSACModule`): the first ``warmup_episodes`` play random actions (learning
+  starts after them): one uniform action per episode, played at every step with a small jitter
+  (``warmup_jitter``), so that the warm-up covers the uniform policies (int8 everywhere at one keep
+  ratio, say) and their neighbours, not only per-step noise in which int8 everywhere is a needle in a
+  haystack (``warmup_jitter: null``: each step uniform on its own); then the actor's deterministic action plus truncated-normal noise
   whose scale decays geometrically from ``noise_initial`` to ``noise_final`` over the run's
   episodes, DDPG-style. SAC's entropy temperature is kept small and fixed (``alpha_lr`` 0), so its
   actor's mean converges on the critic's best action instead of staying random.
@@ -66,6 +69,7 @@ class GalenSACModule(DefaultSACTorchRLModule):
         self.schedule = dict(self.model_config.get(SCHEDULE_KEY) or {"warmup_episodes": 0, "episodes": 1, "units": 1, "seed": 0})
         self.schedule.setdefault("noise_initial", 0.5)
         self.schedule.setdefault("noise_final", 0.02)
+        self.schedule.setdefault("warmup_jitter", None)
         self.set_progress(0)
 
     def set_progress(self, episodes_done: int) -> None:
@@ -73,6 +77,7 @@ class GalenSACModule(DefaultSACTorchRLModule):
         self._episode0 = int(episodes_done)
         self._steps = 0
         self._generator = torch.Generator().manual_seed(int(self.schedule["seed"]) * 1_000_003 + self._episode0)
+        self._episode_base: tuple[int, torch.Tensor] | None = None
 
     def current_episode(self) -> int:
         return self._episode0 + self._steps // max(1, int(self.schedule["units"]))
@@ -81,15 +86,25 @@ class GalenSACModule(DefaultSACTorchRLModule):
         out = self._forward_inference(batch)
         logits = out[Columns.ACTION_DIST_INPUTS]  # (B, 2 * action_dim): mean, log_std before tanh
         batch_size, width = logits.shape
-        std = noise_scale(self.current_episode(), self.schedule)
+        episode = self.current_episode()  # of this step (before counting it)
+        std = noise_scale(episode, self.schedule)
         self._steps += batch_size
-        if std is None:  # warm-up: uniform in the squashed space (-1, 1)
+        jitter = self.schedule["warmup_jitter"]
+        if std is None and jitter is None:  # warm-up: uniform in the squashed space (-1, 1), every step on its own
             squashed = torch.rand((batch_size, width // 2), generator=self._generator) * 2 - 1
+        elif std is None:  # warm-up: one uniform action per episode, played at every step with a small jitter
+            squashed = truncated_normal(self._base(episode, width // 2).expand(batch_size, -1), 2 * jitter, -1.0, 1.0, self._generator)
         else:  # env units [0, 1] are half the squashed units
             squashed = truncated_normal(torch.tanh(logits[:, : width // 2].detach()), 2 * std, -1.0, 1.0, self._generator)
         loc = torch.atanh(squashed.clamp(-0.999999, 0.999999))
         out[Columns.ACTION_DIST_INPUTS] = torch.cat([loc, torch.full_like(loc, POINT_LOG_STD)], dim=-1).to(logits.dtype)
         return out
+
+    def _base(self, episode: int, dims: int) -> torch.Tensor:
+        """``episode``'s warm-up action (squashed units), drawn at its first step."""
+        if self._episode_base is None or self._episode_base[0] != episode:
+            self._episode_base = (episode, torch.rand((1, dims), generator=self._generator) * 2 - 1)
+        return self._episode_base[1]
 
 
 def set_progress(algo: Any, episodes_done: int) -> None:
@@ -163,6 +178,7 @@ def _sac(agent: AgentConfig, units: int, seed: int, episodes: int) -> AlgorithmC
         "seed": seed,
         "noise_initial": agent.noise_initial,
         "noise_final": agent.noise_final,
+        "warmup_jitter": agent.warmup_jitter,
     }
     config = (
         SACConfig()

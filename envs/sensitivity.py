@@ -79,13 +79,14 @@ def cached_sensitivity(
     round_to: int = 8,
 ) -> dict[str, dict[str, list[float]]]:
     """``compute_sensitivity`` cached on disk under a key made of ``identity`` (checkpoint, dataset, ...) and the settings."""
-    key_data = {
+    key_data = {  # as JSON gives it back (tuples become lists), so a stored key compares equal
         **identity,
         "precisions": [[p.weight_bits, p.activation_bits] for p in precisions],
         "images": len(images),
         "round_to": round_to,
         "keep_ratios": KEEP_RATIOS,
     }
+    key_data = json.loads(json.dumps(key_data, sort_keys=True))
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"{key}.json"
     if path.is_file():

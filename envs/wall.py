@@ -14,7 +14,9 @@ layer, or both). The wall allows the options for which
   The cheapest completion is the cheapest of the *corners* (every later unit at the smallest or the
   largest keep ratio, with one precision), not simply the most compressed: on an Intel Xeon with AMX
   here, ResNet-20 at 10% keep and int8 measured 58% of the uncompressed latency, full width int8
-  54%, and half width int8 65% (int8 kernels on narrow layers are slow);
+  54%, and half width int8 65% (int8 kernels on narrow layers are slow). For each precision the
+  rest at that precision at five keep positions (``COMPLETION_LEVELS``) is tried too, since the
+  cheapest int8 network may sit between the corners;
 - nothing is compressed more than the budget needs: the cost with this option and every later unit
   uncompressed is not below the largest such cost that is within the limit (a lower bound).
 
@@ -88,6 +90,25 @@ class Wall:
             policy = self._with(policy, unit, self.corner(unit, corner))
         return policy
 
+    # Keep levels of the completions the wall tries (positions in each unit's keep options, smallest to largest):
+    # the cheapest int8 network is not at a corner on CPUs whose int8 kernels are slow on narrow layers.
+    COMPLETION_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+    def _precisions(self, unit: str) -> list[Precision | None]:
+        return sorted({o.precision for o in self.options[unit]}, key=lambda p: -1 if p is None else p.weight_bits)
+
+    def completion(self, unit: str, level: float, precision: int) -> Option:
+        """A unit at keep position ``level`` (0: its smallest keep, 1: its largest) and its ``precision``-th precision."""
+        keeps = sorted({o.keep for o in self.options[unit]}, key=lambda k: -1.0 if k is None else k)
+        precisions = self._precisions(unit)
+        return Option(keeps[round(level * (len(keeps) - 1))], precisions[precision % len(precisions)])
+
+    def rest_with(self, policy: CompressionPolicy, after: int, level: float, precision: int) -> CompressionPolicy:
+        """``policy`` with every unit from index ``after`` on at ``completion(unit, level, precision)``."""
+        for unit in self.units[after:]:
+            policy = self._with(policy, unit, self.completion(unit, level, precision))
+        return policy
+
     def rest_at_most(self, policy: CompressionPolicy, after: int) -> CompressionPolicy:
         """``policy`` with every unit from index ``after`` on at its cheapest corner (by the cost model)."""
         return min((self.rest_at(policy, after, c) for c in range(self.corners)), key=self.cost)
@@ -99,7 +120,22 @@ class Wall:
         # the cheapest corner for the rest, chosen once per step (candidates differ in this unit only)
         corner = min(range(self.corners), key=lambda c: self.cost(self.rest_at(decided, index, c)))
         cheapest_rest = self.rest_at(decided, index + 1, corner)
-        high = [self.cost(self._with(cheapest_rest, unit, o)) for o in options]  # the rest as cheap as it can be
+        # and, per precision, the rest at that precision at each of COMPLETION_LEVELS: an option is reachable when any
+        # of them completes it within the limit. With the corners alone, an int8 layer was excluded as soon as the
+        # cheapest corner (10%-keep float) plus its conversion went over, though int8 at 75% keep everywhere fitted:
+        # every episode became an int8 start and a narrow float end at chance accuracy (ResNet-20, 50%, AMX Xeon).
+        precisions = self._precisions(unit)
+        same = {
+            q: [self.rest_with(decided, index + 1, level, precisions.index(q)) for level in self.COMPLETION_LEVELS]
+            for q in precisions
+            if len(precisions) > 1
+        }
+
+        def reachable(option: Option) -> float:
+            rests = [cheapest_rest, *same.get(option.precision, [])]
+            return min(self.cost(self._with(rest, unit, option)) for rest in rests)
+
+        high = [reachable(o) for o in options]  # the rest as cheap as it can be
         feasible = [i for i, c in enumerate(high) if c <= limit]
         if not feasible:
             return [options[min(range(len(options)), key=high.__getitem__)]]

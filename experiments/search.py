@@ -206,15 +206,24 @@ class BudgetError(ValueError):
 
 
 def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> tuple[float, float]:
-    """Measure the feasible range (the most compressed policy on the target) and refuse a budget below it, at once."""
+    """Measure the feasible range (the most compressed policy on the target) and refuse a budget below it, at once.
+
+    A resumed run keeps the range measured when it started (its budget was accepted against it; 9 timings saved).
+    """
     started = time.perf_counter()
-    floor, ceiling, which = env.feasible_range()
+    stored = run.state().get("feasible_range") if run is not None else None
+    stored_which = run.state().get("feasible_extreme") if run is not None else None
+    if stored and stored_which:
+        (floor, ceiling), which, how = stored, stored_which, "measured when the run started"
+    else:
+        floor, ceiling, which = env.feasible_range()
+        how = f"{time.perf_counter() - started:.1f} s"
     log.info(
-        "feasible range of %s on %s: %.1f%%..100%% (the cheapest uniform extreme: %s; %.1f s)",
-        config.env.model, config.env.target, 100 * floor, which, time.perf_counter() - started,
+        "feasible range of %s on %s: %.1f%%..100%% (the cheapest uniform extreme: %s; %s)",
+        config.env.model, config.env.target, 100 * floor, which, how,
     )  # fmt: skip
     if run is not None:
-        run.set_state(feasible_range=[floor, ceiling])
+        run.set_state(feasible_range=[floor, ceiling], feasible_extreme=which)
     target = config.env.target_ratio
     if target < floor and not config.env.budget_guard:
         log.warning("env.target_ratio %g is below the feasible range (%.3f); budget_guard is off, so the search runs anyway", target, floor)

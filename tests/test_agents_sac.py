@@ -57,8 +57,9 @@ def test_exploration_schedule_uniform_warmup_then_geometric_decay() -> None:
     assert AgentConfig().discount("sac") == 0.0 and AgentConfig().discount("ppo") == 0.99
 
 
-def _module(warmup: int) -> GalenSACModule:
-    schedule = {"warmup_episodes": warmup, "episodes": 20, "units": 2, "seed": 3, "noise_initial": 0.5, "noise_final": 0.02}
+def _module(warmup: int, jitter: float | None = None, units: int = 2) -> GalenSACModule:
+    schedule = {"warmup_episodes": warmup, "episodes": 20, "units": units, "seed": 3, "noise_initial": 0.5, "noise_final": 0.02}
+    schedule["warmup_jitter"] = jitter
     spec = RLModuleSpec(
         module_class=GalenSACModule,
         observation_space=gym.spaces.Box(-1, 1, (4,), np.float32),
@@ -90,3 +91,17 @@ def test_a_resumed_module_continues_the_schedule_instead_of_replaying_the_warmup
     late.set_progress(19)  # last episode: noise 0.02 around the actor's deterministic action
     mean = torch.tanh(late.forward_inference({"obs": torch.zeros(1, 4)})["action_dist_inputs"][0, :2]).detach().numpy()
     assert np.all(np.abs(_actions(late, 2) - mean) < 2 * 0.02 * 5)
+
+
+def test_warmup_plays_one_random_action_per_episode_with_a_small_jitter() -> None:
+    module = _module(warmup=8, jitter=0.05, units=10)
+    episodes = [(_actions(module, 10) + 1) / 2 for _ in range(8)]  # env units [0, 1]
+    for steps in episodes:  # every step of an episode near that episode's action
+        assert np.all(np.abs(steps - np.median(steps, axis=0)) < 0.05 * 5)
+    centres = np.array([np.median(steps, axis=0) for steps in episodes])
+    assert centres.std(axis=0).min() > 0.1  # the episodes' actions spread over the space
+    # the uniform policies are in the warm-up: int8 everywhere is an episode with every precision action below 0.5
+    assert any(np.all(steps[:, 1] < 0.5) for steps in episodes) and any(np.all(steps[:, 1] > 0.5) for steps in episodes)
+    uniform = _module(warmup=8, jitter=None, units=10)
+    steps = (_actions(uniform, 10) + 1) / 2
+    assert steps.std(axis=0).min() > 0.1  # warmup_jitter null: every step on its own

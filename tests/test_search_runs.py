@@ -95,7 +95,9 @@ def check_run(run_dir: Path, before: list[dict], episodes: int, algo: str) -> li
 
 
 def test_sac_search_killed_with_sigkill_resumes_without_losing_episodes(tmp_path, trained_resnet20) -> None:
-    config = write_config(tmp_path, trained_resnet20.path, "sac", {"algo": "sac", "warmup_episodes": 2}, episodes=8)
+    # env_runners 0: sampling in the driver (remote env runners: tests/test_envs_rllib.py); each would build the env again
+    agent = {"algo": "sac", "warmup_episodes": 2, "env_runners": 0}
+    config = write_config(tmp_path, trained_resnet20.path, "sac", agent, episodes=8)
     run_dir = tmp_path / "sac"
     process = start(config)
     wait_for(run_dir, 3, process)

@@ -31,3 +31,26 @@ def test_repair_leaves_a_local_minimum_of_single_moves_by_moving_a_run_of_units_
     # a limit below the cost model's floor (all narrow float: 0.75) ends at the floor instead of looping
     floor, _ = wall.repair(int8, 0.1, lambda unit, option: 0.0)
     assert _cost(floor) == pytest.approx(0.75)
+
+
+def test_an_int8_step_stays_allowed_while_an_int8_rest_at_a_middle_width_can_still_meet_the_limit() -> None:
+    units = ["a", "b", "c", "d"]
+    int8_cost = {0.25: 0.5, 0.5: 0.2, 0.75: 0.35, 1.0: 0.4}  # int8 fastest at half width, slow when narrow
+
+    def cost(policy: CompressionPolicy) -> float:
+        precisions = [policy.precision_of(u) for u in units]
+        keeps = [policy.keep_ratio(u) for u in units]
+        layers = sum(int8_cost[k] if p == INT8 else k**2 for k, p in zip(keeps, precisions, strict=True))
+        return layers + 0.5 * sum(p != q for p, q in zip(precisions, precisions[1:], strict=False))
+
+    options = {u: [Option(k, p) for p in (INT8, FP32) for k in (0.25, 0.5, 0.75, 1.0)] for u in units}
+    wall = Wall(units, options, {u: u for u in units}, {u: u for u in units}, cost)
+    # the corners alone: int8 first, then the cheapest corner (narrow float) pays a switch: 0.2 + 3 x 0.0625 + 0.5 > 0.85
+    assert cost(wall.rest_at_most(wall._with(CompressionPolicy(), "a", Option(0.5, INT8)), 1)) > 0.85
+    allowed = wall.bounds(CompressionPolicy(), 0, 0.85)
+    assert Option(0.5, INT8) in allowed  # int8 at half width everywhere costs 0.8
+    decided = CompressionPolicy()
+    for index, unit in enumerate(units):  # int8 at half width, step by step, is allowed to the end
+        assert Option(0.5, INT8) in wall.bounds(decided, index, 0.85)
+        decided = wall._with(decided, unit, Option(0.5, INT8))
+    assert cost(decided) == pytest.approx(0.8)

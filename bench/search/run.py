@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plan", default="resnet20:0.5", help="model:budget[,budget...][;model:...] (default: resnet20:0.5)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--wall-modes", default="relative", help="wall modes of the searches (relative, clamp; uniform plays without the wall)")
+    p.add_argument(
+        "--round-to",
+        type=int,
+        default=8,
+        help="env.round_to: channels kept in multiples of this (16 on AVX-512 CPUs, whose kernels are slow on other widths)",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=100, help="episodes per run, the same for every method (default: 100)")
     p.add_argument("--finetune-steps", type=int, default=200)
@@ -57,12 +63,13 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         for budget in budgets.split(","):
             for seed in range(args.seeds):
                 for method in args.methods.split(","):
+                    common = {"model": model, "budget": float(budget), "seed": seed, "method": method, "round_to": args.round_to}
                     if method == "uniform":
                         if seed == 0:  # deterministic
-                            runs.append({"model": model, "budget": float(budget), "seed": seed, "method": method})
+                            runs.append(common)
                         continue
                     for mode in args.wall_modes.split(","):
-                        runs.append({"model": model, "budget": float(budget), "seed": seed, "method": method, "wall_mode": mode})
+                        runs.append({**common, "wall_mode": mode})
     return runs
 
 
@@ -73,7 +80,8 @@ def method_key(run: dict[str, Any]) -> str:
 
 def run_name(run: dict[str, Any]) -> str:
     mode = "" if run.get("wall_mode", "relative") == "relative" else "-clamp"
-    return f"{run['model']}-b{round(100 * run['budget'])}-{run['method']}{mode}-s{run['seed']}"
+    rounding = "" if run.get("round_to", 8) == 8 else f"-r{run['round_to']}"
+    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}-{run['method']}{mode}-s{run['seed']}"
 
 
 @functools.cache
@@ -99,6 +107,7 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
             "objective": "latency",
             "target_ratio": run["budget"],
             "wall_mode": run.get("wall_mode", "relative"),
+            "round_to": run.get("round_to", 8),
         },  # fmt: skip
         "agent": {"algo": run["method"], "uniform_steps": 21},
     }
