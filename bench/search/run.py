@@ -172,9 +172,15 @@ def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def final_measure(model: str, budget: float, record: dict[str, Any], finetune_steps: int, cache: dict[str, Any]) -> dict[str, Any]:
-    """Re-measured latency ratio (uncached, median of 3) and test accuracy after the fixed fine-tune of one policy."""
-    key = f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}"
+def final_measure(
+    model: str, budget: float, record: dict[str, Any], finetune_steps: int, cache: dict[str, Any], round_to: int = 8
+) -> dict[str, Any]:
+    """Re-measured latency ratio (uncached, median of 3) and test accuracy after the fixed fine-tune of one policy.
+
+    ``round_to``: the run's (a keep ratio means other channel counts under another rounding).
+    """
+    rounding = "" if round_to == 8 else f"/r{round_to}"
+    key = f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}{rounding}"
     if key in cache:
         return cache[key]
     from bench.search.fidelity import fixed_finetune
@@ -184,9 +190,10 @@ def final_measure(model: str, budget: float, record: dict[str, Any], finetune_st
     from hardware.client import LatencyClient
     from hardware.protocol import cpu_model
 
-    env = JointEnv({"model": model, "base_epochs": 5, "target_ratio": budget})
+    env = JointEnv({"model": model, "base_epochs": 5, "target_ratio": budget, "round_to": round_to})
     policy = CompressionPolicy.from_dict(record["policy"])
-    artifact = compress(env.ctx.model, policy, env.ctx.example, env.ctx.calibration, structure=env.ctx.structure).artifact
+    ctx = env.ctx
+    artifact = compress(ctx.model, policy, ctx.example, ctx.calibration, structure=ctx.structure, round_to=round_to).artifact
     client = LatencyClient(env.ctx.target, cache=None)
     ratios = sorted(client.measure(artifact.data, env.ctx.reference).ratio for _ in range(3))
     after, seconds = fixed_finetune(env, policy, finetune_steps)
@@ -216,7 +223,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
         best = metrics.pop("best")
         if best is not None:
-            final = final_measure(model, run["budget"], best, args.finetune_steps, cache)
+            final = final_measure(model, run["budget"], best, args.finetune_steps, cache, run.get("round_to", 8))
             write_atomic(final_path, dumps(cache, indent=1))
             metrics.update(
                 best_accuracy=best["accuracy"],
