@@ -75,20 +75,20 @@ class Wall:
 
     def corner(self, unit: str, index: int) -> Option:
         """Corner ``index`` of a unit: (smallest | largest keep) x each precision, in that order."""
-        keeps = sorted({o.keep for o in self.options[unit]}, key=lambda k: -1.0 if k is None else k)
-        precisions = sorted({o.precision for o in self.options[unit]}, key=lambda p: -1 if p is None else p.weight_bits)
-        keep = keeps[0] if index % 2 == 0 else keeps[-1]
-        return Option(keep, precisions[(index // 2) % len(precisions)])
+        return self.completion(unit, float(index % 2), index // 2)
 
     @property
     def corners(self) -> int:
         return 2 * max(len({o.precision for o in self.options[u]}) for u in self.units)
 
+    def _rest(self, policy: CompressionPolicy, after: int, option_of: Callable[[str], Option]) -> CompressionPolicy:
+        for unit in self.units[after:]:
+            policy = self._with(policy, unit, option_of(unit))
+        return policy
+
     def rest_at(self, policy: CompressionPolicy, after: int, corner: int = 0) -> CompressionPolicy:
         """``policy`` with every unit from index ``after`` on at corner ``corner`` (0: the most compressed)."""
-        for unit in self.units[after:]:
-            policy = self._with(policy, unit, self.corner(unit, corner))
-        return policy
+        return self._rest(policy, after, lambda unit: self.corner(unit, corner))
 
     # Keep levels of the completions the wall tries (positions in each unit's keep options, smallest to largest):
     # the cheapest int8 network is not at a corner on CPUs whose int8 kernels are slow on narrow layers.
@@ -105,9 +105,7 @@ class Wall:
 
     def rest_with(self, policy: CompressionPolicy, after: int, level: float, precision: int) -> CompressionPolicy:
         """``policy`` with every unit from index ``after`` on at ``completion(unit, level, precision)``."""
-        for unit in self.units[after:]:
-            policy = self._with(policy, unit, self.completion(unit, level, precision))
-        return policy
+        return self._rest(policy, after, lambda unit: self.completion(unit, level, precision))
 
     def rest_at_most(self, policy: CompressionPolicy, after: int) -> CompressionPolicy:
         """``policy`` with every unit from index ``after`` on at its cheapest corner (by the cost model)."""

@@ -211,10 +211,9 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
     A resumed run keeps the range measured when it started (its budget was accepted against it; 9 timings saved).
     """
     started = time.perf_counter()
-    stored = run.state().get("feasible_range") if run is not None else None
-    stored_which = run.state().get("feasible_extreme") if run is not None else None
-    if stored and stored_which:
-        (floor, ceiling), which, how = stored, stored_which, "measured when the run started"
+    state = run.state() if run is not None else {}
+    if state.get("feasible_range") and state.get("feasible_extreme"):
+        (floor, ceiling), which, how = state["feasible_range"], state["feasible_extreme"], "measured when the run started"
     else:
         floor, ceiling, which = env.feasible_range()
         how = f"{time.perf_counter() - started:.1f} s"

@@ -194,8 +194,8 @@ def final_measure(
     policy = CompressionPolicy.from_dict(record["policy"])
     ctx = env.ctx
     artifact = compress(ctx.model, policy, ctx.example, ctx.calibration, structure=ctx.structure, round_to=round_to).artifact
-    client = LatencyClient(env.ctx.target, cache=None)
-    ratios = sorted(client.measure(artifact.data, env.ctx.reference).ratio for _ in range(3))
+    client = LatencyClient(ctx.target, cache=None)
+    ratios = sorted(client.measure(artifact.data, ctx.reference).ratio for _ in range(3))
     after, seconds = fixed_finetune(env, policy, finetune_steps)
     cache[key] = {"latency_ratio": ratios[1], "test_after_finetune": after, "finetune_seconds": seconds, "cpu": cpu_model()}
     return cache[key]
