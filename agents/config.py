@@ -36,7 +36,7 @@ class AgentConfig:
     )
     tau: float = _f(0.01, "SAC target-network update rate", ("loguniform", 1e-3, 5e-2))
     initial_alpha: float = _f(0.01, "SAC entropy temperature (small: the actor's mean follows the critic)", ("loguniform", 1e-3, 0.1))
-    noise_initial: float = _f(0.5, "SAC exploration: std of the truncated-normal action noise after warm-up (action units)")
+    noise_initial: float = _f(0.3, "SAC exploration: std of the truncated-normal action noise after warm-up (action units)")
     noise_final: float = _f(0.02, "SAC exploration: std at the run's last episode (decays geometrically)")
     train_batch_size: int = _f(64, "SAC transitions per update", ("choice", 32, 64, 128))
     buffer_size: int = _f(20000, "SAC replay buffer capacity in transitions")
@@ -45,6 +45,11 @@ class AgentConfig:
         0.1,
         "SAC warm-up: each episode plays one uniformly drawn action at every step plus truncated-normal noise of this std"
         " (None: every step uniform on its own)",
+    )
+    warmup_spread: float = _f(
+        0.25,
+        "SAC warm-up: the per-episode action is drawn uniformly within this distance of 0.5 (action units; 0.5: all of"
+        " [0, 1]); with the paced wall 0.5 is the widest uniform policy within budget",
     )
     updates_per_episode: int = _f(8, "SAC gradient updates per sampled episode", ("choice", 4, 8, 16))
     hidden: tuple[int, ...] = _f((256, 256), "hidden layer sizes of the actor and critic MLPs")
@@ -82,6 +87,8 @@ class AgentConfig:
                 raise ConfigError("agent config", name, value, f"an integer >= {low}")
         if self.warmup_episodes is not None and (not isinstance(self.warmup_episodes, int) or self.warmup_episodes < 0):
             raise ConfigError("agent config", "warmup_episodes", self.warmup_episodes, "an integer >= 0 or null")
+        if not (isinstance(self.warmup_spread, (int, float)) and 0 < self.warmup_spread <= 0.5):
+            raise ConfigError("agent config", "warmup_spread", self.warmup_spread, "a number in (0, 0.5]")
         if self.warmup_jitter is not None and not (isinstance(self.warmup_jitter, (int, float)) and self.warmup_jitter > 0):
             raise ConfigError("agent config", "warmup_jitter", self.warmup_jitter, "a number > 0 or null")
         if self.entropy_coeff < 0:

@@ -11,7 +11,8 @@ Choices, and why (AMC, HAQ and Galen train DDPG this way; RLlib 2.60 has no DDPG
   action wall may change an action; the applied action replaces the requested one in the episode
   before it reaches the replay buffer, so the agent learns from what was played.
 - Exploration (:class:`GalenSACModule`): the first ``warmup_episodes`` play random actions (learning
-  starts after them): one uniform action per episode, played at every step with a small jitter
+  starts after them): one action per episode, drawn uniformly within ``warmup_spread`` of 0.5 (the
+  paced wall's widest affordable uniform policy), played at every step with a small jitter
   (``warmup_jitter``), so that the warm-up covers the uniform policies (int8 everywhere at one keep
   ratio, say) and their neighbours, not only per-step noise in which int8 everywhere is a needle in a
   haystack (``warmup_jitter: null``: each step uniform on its own); then the actor's deterministic action plus truncated-normal noise
@@ -70,6 +71,7 @@ class GalenSACModule(DefaultSACTorchRLModule):
         self.schedule.setdefault("noise_initial", 0.5)
         self.schedule.setdefault("noise_final", 0.02)
         self.schedule.setdefault("warmup_jitter", None)
+        self.schedule.setdefault("warmup_spread", 0.5)
         self.set_progress(0)
 
     def set_progress(self, episodes_done: int) -> None:
@@ -103,7 +105,8 @@ class GalenSACModule(DefaultSACTorchRLModule):
     def _base(self, episode: int, dims: int) -> torch.Tensor:
         """``episode``'s warm-up action (squashed units), drawn at its first step."""
         if self._episode_base is None or self._episode_base[0] != episode:
-            self._episode_base = (episode, torch.rand((1, dims), generator=self._generator) * 2 - 1)
+            spread = 2.0 * float(self.schedule["warmup_spread"])  # action units [0, 1] are half the squashed units
+            self._episode_base = (episode, (torch.rand((1, dims), generator=self._generator) * 2 - 1) * spread)
         return self._episode_base[1]
 
 
@@ -179,6 +182,7 @@ def _sac(agent: AgentConfig, units: int, seed: int, episodes: int) -> AlgorithmC
         "noise_initial": agent.noise_initial,
         "noise_final": agent.noise_final,
         "warmup_jitter": agent.warmup_jitter,
+        "warmup_spread": agent.warmup_spread,
     }
     config = (
         SACConfig()

@@ -10,7 +10,7 @@ KINDS = ("prune", "quantize", "joint")
 OBJECTIVES = ("latency", "macs", "bops", "bytes")
 REWARDS = ("accuracy", "galen", "constrained-soft", "constrained-hard", "amc")
 LATENCY_SOURCES = ("measure", "predict")
-WALL_MODES = ("relative", "clamp")
+WALL_MODES = ("paced", "relative", "clamp")
 PRECISION_ALIGN = ("layer", "block", "stage")
 
 
@@ -60,7 +60,9 @@ class EnvConfig:
     budget_guard: bool = True  # the action wall and the repair pass (envs.wall): every episode feasible by construction
     repair_rounds: int = 2  # latency: times the repair pass may go on when the target measures the repaired policy over budget
     precision_align: str = "layer"  # layer: each its own precision; block | stage: a block's / stage's first layer decides
-    wall_mode: str = "relative"  # relative: the action indexes the options the wall allows; clamp: AMC's clamp of the absolute action
+    # paced: action 0.5 keeps the widest uniform level the rest can still afford, lower and higher actions go below and
+    # above it among the options the wall allows; relative: the action indexes the allowed options; clamp: AMC's clamp
+    wall_mode: str = "paced"
     latency_source: str = "measure"  # measure on the target (cache first) or predict with the per-layer table
     val_size: int = 2000  # validation images scored per episode (the first N of the validation split)
     finetune_steps: int = 0  # distillation steps (batch 64) with simulated quantization per episode (0: BN re-estimation only)

@@ -1,8 +1,10 @@
 """Latency predictor: a per-layer lookup table measured on the target, plus whole-model calibration.
 
 As in HAQ/APQ, each distinct layer (shape x precision) is built as a one-layer ONNX artifact
-(``hardware.layers``) and timed once on the target through the ``LatencyClient``; the table is the
-latency cache itself, so it persists and is shared like every other measurement. A model's raw
+(``hardware.layers``) and timed once on the target through the ``LatencyClient``, interleaved with a
+fixed reference layer (``TABLE_REFERENCE``): the entry is the median ratio times the reference's own
+time (timed once), so the machine's drift between entries cancels; the table is the latency cache
+itself, so it persists and is shared like every other measurement. A model's raw
 estimate is the sum of its layers' entries, split into the fp32 and the int8 parts. The sum misses
 what lies between layers (residual additions, pooling, quantize/dequantize at precision changes,
 session overhead) and counts the per-call overhead once per layer, so a few whole models measured on
@@ -69,12 +71,26 @@ class LatencyPredictor:
     """Predicts a model's latency on ``client``'s target from its layer specs."""
 
     OFFSET_SAMPLES = 12  # calibration models needed before the per-model offset is fitted too (8 made it unstable)
+    # Every table entry is timed interleaved with this layer and stored as ratio x its time. Timed alone, the entries
+    # drifted with the shared machine: one disturbed timing put the 48-channel int8 3x3 conv of ResNet-20's last stage
+    # at 0.0279 ms between 0.0140 (32 channels) and 0.0194 (64), the predictor at 0.565 for a network that measured
+    # 0.453, and the action wall never allowed 48 channels there, the width of the best uniform policy (AMX Xeon;
+    # repeated, the interleaved ratios were 0.46 / 0.50 / 0.58 while the same layers' own medians spread 1.5x).
+    TABLE_REFERENCE = LayerShape("conv", 32, 32, (3, 3), (1, 1), 1, (8, 8), (8, 8), False)
 
     def __init__(self, client: LatencyClient, calibration: Calibration | None = None, progress: bool | None = None) -> None:
         self.client = client
         self.calibration = calibration or Calibration()
         self.progress = progress  # None: bars only on a terminal
         self._table: dict[LayerShape, float] = {}
+        self._reference: tuple[bytes, float] | None = None
+
+    def _table_reference(self) -> tuple[bytes, float]:
+        """The table's reference layer artifact and its median time (ms, timed once, then from the cache)."""
+        if self._reference is None:
+            data = layer_artifact(self.TABLE_REFERENCE)
+            self._reference = (data, self.client.measure(data).candidate.median_ms)
+        return self._reference
 
     @property
     def table(self) -> dict[LayerShape, float]:
@@ -82,10 +98,12 @@ class LatencyPredictor:
         return dict(self._table)
 
     def layer_ms(self, spec: dict[str, Any] | LayerShape) -> float:
-        """Median latency of one layer on the target (timed once, then from the table or the latency cache)."""
+        """Latency of one layer on the target (ms): its median ratio to ``TABLE_REFERENCE``, timed interleaved with it,
+        times the reference's time (timed once, then from the table or the latency cache)."""
         shape = spec if isinstance(spec, LayerShape) else LayerShape.from_spec(spec)
         if shape not in self._table:
-            self._table[shape] = self.client.measure(layer_artifact(shape)).candidate.median_ms
+            reference, reference_ms = self._table_reference()
+            self._table[shape] = self.client.measure(layer_artifact(shape), reference).ratio * reference_ms
         return self._table[shape]
 
     def fill(self, models: Iterable[Specs]) -> int:

@@ -57,9 +57,9 @@ def test_exploration_schedule_uniform_warmup_then_geometric_decay() -> None:
     assert AgentConfig().discount("sac") == 0.0 and AgentConfig().discount("ppo") == 0.99
 
 
-def _module(warmup: int, jitter: float | None = None, units: int = 2) -> GalenSACModule:
+def _module(warmup: int, jitter: float | None = None, units: int = 2, spread: float = 0.5) -> GalenSACModule:
     schedule = {"warmup_episodes": warmup, "episodes": 20, "units": units, "seed": 3, "noise_initial": 0.5, "noise_final": 0.02}
-    schedule["warmup_jitter"] = jitter
+    schedule["warmup_jitter"], schedule["warmup_spread"] = jitter, spread
     spec = RLModuleSpec(
         module_class=GalenSACModule,
         observation_space=gym.spaces.Box(-1, 1, (4,), np.float32),
@@ -102,6 +102,10 @@ def test_warmup_plays_one_random_action_per_episode_with_a_small_jitter() -> Non
     assert centres.std(axis=0).min() > 0.1  # the episodes' actions spread over the space
     # the uniform policies are in the warm-up: int8 everywhere is an episode with every precision action below 0.5
     assert any(np.all(steps[:, 1] < 0.5) for steps in episodes) and any(np.all(steps[:, 1] > 0.5) for steps in episodes)
+    # warmup_spread: the episodes' actions drawn within that distance of 0.5 (the paced wall's widest uniform policy)
+    near = _module(warmup=8, jitter=0.05, units=10, spread=0.2)
+    centres = np.array([np.median((_actions(near, 10) + 1) / 2, axis=0) for _ in range(8)])
+    assert np.all(np.abs(centres - 0.5) <= 0.2 + 2 * 0.05) and centres.std(axis=0).min() > 0.05  # 0.05: the jitter
     uniform = _module(warmup=8, jitter=None, units=10)
     steps = (_actions(uniform, 10) + 1) / 2
     assert steps.std(axis=0).min() > 0.1  # warmup_jitter null: every step on its own

@@ -117,8 +117,7 @@ def test_wall_clamps_every_step_from_both_sides_and_reports_the_applied_action(c
 
 
 def test_relative_wall_maps_every_action_into_the_allowed_options(config: dict) -> None:
-    env = JointEnv({**config, "objective": "macs", "target_ratio": 0.4})
-    assert env.config.wall_mode == "relative"
+    env = JointEnv({**config, "objective": "macs", "target_ratio": 0.4, "wall_mode": "relative"})
     rng = np.random.default_rng(4)
     env.reset(seed=0)
     for t in range(len(env.units)):
@@ -137,6 +136,31 @@ def test_relative_wall_maps_every_action_into_the_allowed_options(config: dict) 
     env.reset(seed=0)
     env.step(np.array([1.0, 1.0], np.float32))
     assert env.policy().precision[env.units[0]] == max((o.precision for o in allowed), key=lambda p: p.weight_bits)
+
+
+def test_paced_wall_plays_the_widest_affordable_uniform_level_at_one_half_and_moves_budget_between_layers(config: dict) -> None:
+    env = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5})
+    assert env.config.wall_mode == "paced"
+    env.reset(seed=0)
+    level = env.wall.pace(env.policy(), 0, env.limit(), 0)
+    ratios = sorted({o.keep for u in env.units for o in env.wall.options[u]})
+    wider = ratios[ratios.index(level) + 1]
+    uniform = env.wall._rest(env.policy(), 0, lambda u: env.wall._uniform(u, wider, 0))
+    assert env.ctx.analytic_cost(uniform) > env.limit()  # the next wider uniform level does not fit
+    _, _, half = _run(env, [[0.5]] * len(env.units))
+    assert half["within_budget"] and half["repaired"] == 0
+    keeps = half["policy"]["keep"]
+    assert all(keeps[u] >= env.wall.keep_at(u, level) - 1e-9 for u in env.units)  # nothing below the uniform level
+    # pruning the first layers harder than the pace leaves the rest wider; every step stays within what the wall allows
+    env.reset(seed=0)
+    for t, unit in enumerate(env.units):
+        allowed = env.wall.bounds(env.policy(), t, env.limit())
+        _, _, terminated, _, low = env.step(np.array([0.0 if t < 6 else 0.5], np.float32))
+        assert Option(env.policy().keep[unit], None) in allowed
+    assert terminated and low["within_budget"]
+    later = env.units[6:]  # (the stem and stage 1 are at their smallest at the pace already)
+    assert sum(low["policy"]["keep"][u] for u in later) > sum(keeps[u] for u in later)
+    assert all(low["policy"]["keep"][u] <= keeps[u] for u in env.units[:6])
 
 
 @pytest.mark.parametrize("guard", [True, False])

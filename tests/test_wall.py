@@ -54,3 +54,13 @@ def test_an_int8_step_stays_allowed_while_an_int8_rest_at_a_middle_width_can_sti
         assert Option(0.5, INT8) in wall.bounds(decided, index, 0.85)
         decided = wall._with(decided, unit, Option(0.5, INT8))
     assert cost(decided) == pytest.approx(0.8)
+
+
+def test_unify_precision_gives_a_float_island_the_precision_around_it_and_keeps_every_width() -> None:
+    options = {u: [Option(k, p) for p in (INT8, FP32) for k in (0.5, 1.0)] for u in UNITS}
+    wall = Wall(UNITS, options, {u: u for u in UNITS}, {u: u for u in UNITS}, _cost)
+    island = CompressionPolicy({"a": 0.5, "b": 1.0, "c": 0.5}, {"a": INT8, "b": FP32, "c": INT8})
+    unified, moves = wall.unify_precision(island)
+    assert moves == 1 and [unified.precision_of(u) for u in UNITS] == [INT8] * 3 and unified.keep == island.keep
+    assert _cost(unified) < _cost(island)  # two switches less
+    assert wall.unify_precision(unified) == (unified, 0)

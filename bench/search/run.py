@@ -34,19 +34,21 @@ ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
 RESULTS = REPO / "bench" / "results" / "search.json"
 METHODS = ("sac", "random", "tpe", "uniform")
-WALL_MODES = ("relative", "clamp")
+WALL_MODES = ("paced", "relative", "clamp")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="resnet20:0.5", help="model:budget[,budget...][;model:...] (default: resnet20:0.5)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--wall-modes", default="relative", help="wall modes of the searches (relative, clamp; uniform plays without the wall)")
+    p.add_argument(
+        "--wall-modes", default="paced", help="wall modes of the searches (paced, relative, clamp; uniform plays without the wall)"
+    )
     p.add_argument(
         "--round-to",
         type=int,
-        default=8,
-        help="env.round_to: channels kept in multiples of this (16 on AVX-512 CPUs, whose kernels are slow on other widths)",
+        default=16,
+        help="env.round_to: channels kept in multiples of this (default 16: AVX-512 CPUs run other widths slowly; 8: the first tables)",
     )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=100, help="episodes per run, the same for every method (default: 100)")
@@ -74,12 +76,16 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def method_key(run: dict[str, Any]) -> str:
-    """The method's key in search.json: the default wall mode (relative) is the method itself, clamp runs are apart."""
-    return run["method"] if run.get("wall_mode", "relative") == "relative" else f"{run['method']}-clamp"
+    """The method's key in search.json: the default wall mode (paced) is the method itself, other modes are apart."""
+    mode = run.get("wall_mode", "paced")
+    return run["method"] if mode == "paced" or run["method"] == "uniform" else f"{run['method']}-{mode}"
 
 
 def run_name(run: dict[str, Any]) -> str:
-    mode = "" if run.get("wall_mode", "relative") == "relative" else "-clamp"
+    """``<model>-b<budget>[-r<round_to>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the archives before
+    ``paced`` existed), none for uniform (it plays without the wall)."""
+    mode = run.get("wall_mode", "paced")
+    mode = "" if mode == "relative" or run["method"] == "uniform" else f"-{mode}"
     rounding = "" if run.get("round_to", 8) == 8 else f"-r{run['round_to']}"
     return f"{run['model']}-b{round(100 * run['budget'])}{rounding}-{run['method']}{mode}-s{run['seed']}"
 
@@ -106,7 +112,7 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
             "target": "local-cpu",
             "objective": "latency",
             "target_ratio": run["budget"],
-            "wall_mode": run.get("wall_mode", "relative"),
+            "wall_mode": run.get("wall_mode", "paced"),
             "round_to": run.get("round_to", 8),
         },  # fmt: skip
         "agent": {"algo": run["method"], "uniform_steps": 21},
@@ -293,7 +299,7 @@ def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[
             array = 100 * np.array([c[:n] for c in runs])
             for row in array:
                 ax.plot(row, lw=0.5, alpha=0.4, color=color)
-            style = "--" if "clamp" in method else "-"
+            style = "--" if "-" in method else "-"
             ax.plot(np.nanmean(array, axis=0), lw=2, color=color, ls=style, label=f"{method} ({len(runs)} seeds)")
         ax.set_xlabel("episode")
         ax.set_ylabel("best within-budget val. accuracy so far (%)")
