@@ -51,6 +51,9 @@ class AgentConfig:
         "SAC warm-up: the per-episode action is drawn uniformly within this distance of 0.5 (action units; 0.5: all of"
         " [0, 1]); with the paced wall 0.5 is the widest uniform policy within budget",
     )
+    elite_episodes: int = _f(
+        3, "SAC: after every iteration, one more copy of each of the best k episodes goes into the replay buffer (0: off)"
+    )
     updates_per_episode: int = _f(8, "SAC gradient updates per sampled episode", ("choice", 4, 8, 16))
     hidden: tuple[int, ...] = _f((256, 256), "hidden layer sizes of the actor and critic MLPs")
     episodes_per_iteration: int = _f(
@@ -87,6 +90,8 @@ class AgentConfig:
                 raise ConfigError("agent config", name, value, f"an integer >= {low}")
         if self.warmup_episodes is not None and (not isinstance(self.warmup_episodes, int) or self.warmup_episodes < 0):
             raise ConfigError("agent config", "warmup_episodes", self.warmup_episodes, "an integer >= 0 or null")
+        if not isinstance(self.elite_episodes, int) or self.elite_episodes < 0:
+            raise ConfigError("agent config", "elite_episodes", self.elite_episodes, "an integer >= 0")
         if not (isinstance(self.warmup_spread, (int, float)) and 0 < self.warmup_spread <= 0.5):
             raise ConfigError("agent config", "warmup_spread", self.warmup_spread, "a number in (0, 0.5]")
         if self.warmup_jitter is not None and not (isinstance(self.warmup_jitter, (int, float)) and self.warmup_jitter > 0):

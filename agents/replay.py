@@ -5,6 +5,10 @@ buffer: a resumed SAC run learned from only the episodes played after the resume
 episode in the buffer (observations, actions, rewards as they were trained on: broadcast rewards
 and applied actions) is written to ``replay.npz`` as plain arrays, no pickle, and re-added to the
 fresh buffer on restore.
+
+``replay_elites`` adds, after every training iteration, one more copy of each of the best episodes
+the buffer holds (by the final, un-normalised reward), as NNCF's AutoQ keeps its best episodes in
+replay: the critic sees the rare good episodes as often as the many poor ones around them.
 """
 
 from __future__ import annotations
@@ -27,10 +31,11 @@ def save_replay(algo: Any, directory: str | Path) -> int:
     episodes = list(getattr(buffer, "episodes", []) or [])
     if not episodes:
         return 0
-    obs, actions, rewards, lengths = [], [], [], []
+    obs, actions, rewards, lengths, finals = [], [], [], [], []
     for episode in episodes:
         episode = episode.to_numpy() if not episode.is_numpy else episode
         n = len(episode)
+        finals.append(final_reward(episode))
         obs.append(np.asarray(episode.get_observations(slice(0, n + 1)), np.float32))  # (n + 1, obs_dim)
         actions.append(np.asarray(episode.get_actions(slice(0, n)), np.float32))  # (n, k)
         rewards.append(np.asarray(episode.get_rewards(slice(0, n)), np.float32))  # (n,)
@@ -43,30 +48,76 @@ def save_replay(algo: Any, directory: str | Path) -> int:
             actions=np.concatenate(actions),
             rewards=np.concatenate(rewards),
             lengths=np.asarray(lengths, np.int64),
+            finals=np.asarray(finals, np.float64),
         )
     return len(episodes)
 
 
-def load_episodes(directory: str | Path) -> list[Any]:
-    """The episodes stored in ``directory/replay.npz`` as finished ``SingleAgentEpisode`` objects."""
+def final_reward(episode: Any) -> float:
+    """The env's final reward of a finished episode (before the broadcast normalisation; NaN if unknown)."""
+    info = episode.get_infos(-1) if len(episode) else {}
+    value = info.get("reward") if isinstance(info, dict) else None
+    return float(value) if value is not None else float("nan")
+
+
+def _episode(obs: np.ndarray, actions: np.ndarray, rewards: np.ndarray, final: float) -> Any:
     from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
+    n = len(actions)
+    infos: list[dict[str, Any]] = [{} for _ in range(n)] + [{} if np.isnan(final) else {"reward": float(final)}]
+    episode = SingleAgentEpisode(
+        observations=list(obs),
+        actions=list(actions),
+        rewards=list(np.asarray(rewards, np.float32).tolist()),
+        infos=infos,
+        terminated=True,
+        len_lookback_buffer=0,
+    )
+    return episode.to_numpy()
+
+
+def replay_elites(algo: Any, k: int) -> int:
+    """Add one copy of each of the ``k`` best distinct episodes in the replay buffer (by final reward); returns how many."""
+    buffer = _buffer(algo)
+    episodes = list(getattr(buffer, "episodes", []) or []) if buffer is not None else []
+    best: dict[bytes, tuple[float, Any]] = {}
+    for episode in episodes:
+        episode = episode.to_numpy() if not episode.is_numpy else episode
+        final = final_reward(episode)
+        if np.isnan(final):
+            continue
+        key = np.asarray(episode.get_actions(slice(0, len(episode))), np.float32).round(4).tobytes()
+        if key not in best or final > best[key][0]:
+            best[key] = (final, episode)
+    elites = sorted(best.values(), key=lambda item: -item[0])[:k]
+    copies = []
+    for final, episode in elites:
+        n = len(episode)
+        copies.append(
+            _episode(
+                np.asarray(episode.get_observations(slice(0, n + 1)), np.float32),
+                np.asarray(episode.get_actions(slice(0, n)), np.float32),
+                np.asarray(episode.get_rewards(slice(0, n)), np.float32),
+                final,
+            )
+        )
+    if copies:
+        buffer.add(copies)
+    return len(copies)
+
+
+def load_episodes(directory: str | Path) -> list[Any]:
+    """The episodes stored in ``directory/replay.npz`` as finished ``SingleAgentEpisode`` objects."""
     path = Path(directory) / REPLAY_FILE
     if not path.is_file():
         return []
     with np.load(path, allow_pickle=False) as data:
         obs, actions, rewards, lengths = data["obs"], data["actions"], data["rewards"], data["lengths"]
+        # the final rewards (files written before they were stored have none)
+        finals = data["finals"] if "finals" in data.files else np.full(len(lengths), np.nan)
     episodes, o, a = [], 0, 0
-    for n in lengths.tolist():
-        episode = SingleAgentEpisode(
-            observations=list(obs[o : o + n + 1]),
-            actions=list(actions[a : a + n]),
-            rewards=list(rewards[a : a + n].tolist()),
-            infos=[{} for _ in range(n + 1)],
-            terminated=True,
-            len_lookback_buffer=0,
-        )
-        episodes.append(episode.to_numpy())
+    for i, n in enumerate(lengths.tolist()):
+        episodes.append(_episode(obs[o : o + n + 1], actions[a : a + n], rewards[a : a + n], float(finals[i])))
         o, a = o + n + 1, a + n
     return episodes
 

@@ -94,7 +94,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
     from agents.baselines import play_safety_net
     from agents.policy_net import ActorNet, rollout
     from agents.recorder import start_recorder
-    from agents.replay import restore_replay
+    from agents.replay import replay_elites, restore_replay
     from agents.rllib import build_algo_config, set_progress
 
     name = f"galen-recorder:{hashlib.sha1(str(run.path).encode()).hexdigest()[:10]}:{os.getpid()}"
@@ -118,6 +118,8 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
                 set_progress(algo, count)  # the exploration schedule continues from the run's episode count
                 algo.train()
                 iteration += 1
+                if config.agent.algo == "sac" and config.agent.elite_episodes:
+                    replay_elites(algo, config.agent.elite_episodes)
                 new_count = ray.get(recorder.count.remote())
                 summary = ray.get(recorder.summary.remote())
                 bar.update(min(new_count, config.episodes) - min(count, config.episodes))

@@ -109,3 +109,23 @@ def test_warmup_plays_one_random_action_per_episode_with_a_small_jitter() -> Non
     uniform = _module(warmup=8, jitter=None, units=10)
     steps = (_actions(uniform, 10) + 1) / 2
     assert steps.std(axis=0).min() > 0.1  # warmup_jitter null: every step on its own
+
+
+def test_elite_replay_adds_a_copy_of_each_of_the_best_distinct_episodes_and_the_saved_buffer_keeps_their_rewards(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
+
+    from agents.replay import _episode, final_reward, load_episodes, replay_elites, save_replay
+
+    rng = np.random.default_rng(0)
+    buffer = EpisodeReplayBuffer(capacity=1000)
+    finals = (0.3, 0.9, 0.5, 0.8, 0.1)
+    buffer.add([_episode(rng.normal(size=(4, 3)), rng.uniform(-1, 1, (3, 2)), np.full(3, r - 0.5), r) for r in finals])
+    algo = SimpleNamespace(local_replay_buffer=buffer)
+    assert replay_elites(algo, 2) == 2
+    assert sorted(final_reward(e) for e in buffer.episodes) == [0.1, 0.3, 0.5, 0.8, 0.8, 0.9, 0.9]
+    assert replay_elites(algo, 2) == 2  # a copy is the same episode, not a new elite: still the 0.9 and the 0.8
+    assert sorted(final_reward(e) for e in buffer.episodes) == [0.1, 0.3, 0.5, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9]
+    assert save_replay(algo, tmp_path) == 9
+    assert sorted(final_reward(e) for e in load_episodes(tmp_path)) == [0.1, 0.3, 0.5, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9]
