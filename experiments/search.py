@@ -203,6 +203,9 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
             ray.shutdown()
 
 
+RECHECK_PAUSE_S = 10.0
+
+
 class BudgetError(ValueError):
     """A budget outside the feasible range of the model on the target (measured before the search)."""
 
@@ -218,6 +221,15 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
         (floor, ceiling), which, how = state["feasible_range"], state["feasible_extreme"], "measured when the run started"
     else:
         floor, ceiling, which = env.feasible_range()
+        # A refusal is measured twice more after a pause, the lowest floor counting: a stretch of load on a shared
+        # machine (seen here: Ray workers of a stopped run still exiting) put ResNet-20's 44% floor at 55%.
+        for _ in range(2 if config.env.target_ratio < floor and config.env.objective == "latency" else 0):
+            time.sleep(RECHECK_PAUSE_S)
+            again, _, also = env.feasible_range()
+            if again < floor:
+                floor, which = again, also
+            if config.env.target_ratio >= floor:
+                break
         how = f"{time.perf_counter() - started:.1f} s"
     log.info(
         "feasible range of %s on %s: %.1f%%..100%% (the cheapest uniform extreme: %s; %s)",
