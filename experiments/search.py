@@ -203,7 +203,7 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
             ray.shutdown()
 
 
-RECHECK_PAUSE_S = 10.0
+RECHECK_PAUSE_S = 30.0  # the VM's slow state was seen to last over 40 s
 
 
 class BudgetError(ValueError):
