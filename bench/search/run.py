@@ -34,6 +34,7 @@ ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
 RESULTS = REPO / "bench" / "results" / "search.json"
 METHODS = ("sac", "random", "tpe", "uniform")
+SLOW_WAITS = 18  # final re-measure: at most 3 minutes waiting for the machine to leave its slow state
 WALL_MODES = ("paced", "relative", "clamp")
 
 
@@ -181,13 +182,13 @@ def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
 def final_measure(
     model: str, budget: float, record: dict[str, Any], finetune_steps: int, cache: dict[str, Any], round_to: int = 8
 ) -> dict[str, Any]:
-    """Re-measured latency ratio (uncached, median of 3) and test accuracy after the fixed fine-tune of one policy.
+    """Re-measured latency ratio (uncached, the fastest-reference one of 5) and test accuracy after the fixed fine-tune.
 
     ``round_to``: the run's (a keep ratio means other channel counts under another rounding).
     """
     rounding = "" if round_to == 8 else f"/r{round_to}"
     key = f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}{rounding}"
-    if key in cache:
+    if key in cache and "reference_ms" in cache[key]:
         return cache[key]
     from bench.search.fidelity import fixed_finetune
     from compression.pipeline import compress
@@ -201,9 +202,22 @@ def final_measure(
     ctx = env.ctx
     artifact = compress(ctx.model, policy, ctx.example, ctx.calibration, structure=ctx.structure, round_to=round_to).artifact
     client = LatencyClient(ctx.target, cache=None)
-    ratios = sorted(client.measure(artifact.data, ctx.reference).ratio for _ in range(3))
-    after, seconds = fixed_finetune(env, policy, finetune_steps)
-    cache[key] = {"latency_ratio": ratios[1], "test_after_finetune": after, "finetune_seconds": seconds, "cpu": cpu_model()}
+    # five timings, the one whose reference ran fastest: in this VM's slow state the reference runs up to 1.6x slower and
+    # int8 ratios rise by a fifth (a 0.453 policy re-measured 0.596), which the interleaving cannot see
+    normal_ms = ctx.predictor and ctx._calibration[0][1]  # the reference as timed for the predictor's calibration
+    timings = [client.measure(artifact.data, ctx.reference) for _ in range(5)]
+    for _ in range(SLOW_WAITS):  # the slow state lasts up to minutes: wait it out (bounded)
+        if min(m.reference.median_ms for m in timings) <= 1.15 * normal_ms:
+            break
+        time.sleep(10)
+        timings.append(client.measure(artifact.data, ctx.reference))
+    witness = min(timings, key=lambda m: m.reference.median_ms)
+    result = dict(cache.get(key) or {})
+    if "test_after_finetune" not in result:
+        after, seconds = fixed_finetune(env, policy, finetune_steps)
+        result.update(test_after_finetune=after, finetune_seconds=seconds)
+    result.update(latency_ratio=witness.ratio, reference_ms=witness.reference.median_ms, cpu=cpu_model())
+    cache[key] = result
     return cache[key]
 
 
