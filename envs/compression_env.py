@@ -20,8 +20,8 @@ from envs.config import EnvConfig
 from envs.context import EnvContext
 from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
-from envs.wall import Option, Wall
-from hardware.client import LatencyClient
+from envs.wall import Option, Wall, by_compression
+from hardware.client import LatencyClient, fastest_reference
 
 ACTION_DIMS = {"prune": 1, "quantize": 1, "joint": 2}
 STATIC_FEATURES = 8
@@ -237,7 +237,7 @@ class CompressionEnv(gym.Env):
         dimension the allowed keep ratios at that precision (smallest first); every action is feasible as it is, so the
         agent's action space has no region the wall flattens (with clamping, SAC's actor ran to the bounds and every
         episode became the same clamped policy)."""
-        precisions = sorted({o.precision for o in allowed}, key=lambda p: -1 if p is None else p.weight_bits)
+        precisions = by_compression(o.precision for o in allowed)
         precision = precisions[min(int(float(action[-1]) * len(precisions)), len(precisions) - 1)]
         keeps = sorted({o.keep for o in allowed if o.precision == precision}, key=lambda k: -1.0 if k is None else k)
         keep = keeps[min(int(float(action[0]) * len(keeps)), len(keeps) - 1)]
@@ -247,7 +247,7 @@ class CompressionEnv(gym.Env):
         """``wall_mode: paced``: precision among the allowed ones (below 0.75: the most compressed); the keep dimension
         maps 0.5 to the pivot, the keep of the widest uniform level the rest can still afford at that precision
         (``Wall.pace``), [0, 0.5) to the allowed keeps below it and (0.5, 1] to those above it."""
-        precisions = sorted({o.precision for o in allowed}, key=lambda p: -1 if p is None else p.weight_bits)
+        precisions = by_compression(o.precision for o in allowed)
         # [0, 0.75) the most compressed, [0.75, 1] split among the others: exploration around 0.5 does not leave single
         # float layers between int8 ones, whose conversions the predictor under-estimates (measured over budget, the
         # repair then cut ResNet-20 down to its floor at chance accuracy).
@@ -496,10 +496,10 @@ class CompressionEnv(gym.Env):
     def feasible_range(self) -> tuple[float, float, str]:
         """(floor, 1.0, which): the lowest cost ratio of the corner policies, measured on the target for latency.
 
-        Measured afresh (not from the cache), the median of three per policy, taken in turns (each corner once, then
-        again): one disturbed timing must not decide what is refused, nor one disturbed stretch of the shared machine
-        (timed three in a row, the int8 floor of ResNet-20 once measured above 56% where it measures 44%, and a 50%
-        budget was refused).
+        Measured afresh (not from the cache), three times per policy in turns (each corner once, then again), keeping
+        per corner the timing whose reference ran fastest (``fastest_reference``): neither one disturbed timing nor a
+        disturbed stretch of the shared machine may decide what is refused (the int8 floor of ResNet-20 once measured
+        55% where it measures 44%, and a 50% budget was refused).
         """
         corners = self.corner_policies()
         if self.config.objective != "latency":
@@ -507,15 +507,11 @@ class CompressionEnv(gym.Env):
         else:
             client = LatencyClient(self.ctx.target, cache=None)
             artifacts = {name: self._artifact(policy) for name, policy in corners.items()}
-            timings: dict[str, list[tuple[float, float]]] = {name: [] for name in artifacts}
+            timings: dict[str, list] = {name: [] for name in artifacts}
             for _ in range(3):
                 for name, artifact in artifacts.items():
-                    m = client.measure(artifact, self.ctx.reference)
-                    timings[name].append((m.reference.median_ms, m.ratio))
-            # per corner the timing whose reference ran fastest: in this VM's slow state the reference runs 1.6x slower
-            # and int8 ratios rise (ResNet-20's int8 floor 0.44 -> 0.53) while float ratios stay; the interleaving
-            # cannot see it, the reference's own time can
-            costs = {name: min(values)[1] for name, values in timings.items()}
+                    timings[name].append(client.measure(artifact, self.ctx.reference))
+            costs = {name: fastest_reference(values).ratio for name, values in timings.items()}
         which = min(costs, key=costs.get)
         return costs[which], 1.0, which
 

@@ -191,10 +191,14 @@ class EnvContext:
     CALIBRATION_ANCHORS = (0, 1, 2, 3)
     MARGIN_WINDOW = 50
 
+    @property
+    def reference_ms(self) -> float:
+        """The uncompressed model's median latency (ms) as timed for the predictor's calibration (its anchor)."""
+        return self.predictor and self._calibration[0][1]
+
     def observe_latency(self, specs: list[dict[str, Any]], predicted_ratio: float, measured_ratio: float) -> None:
         """Record a measured episode (its predicted and measured ratio) and re-fit the predictor's calibration with it."""
-        predictor = self.predictor
-        reference_ms = self._calibration[0][1]  # the uncompressed model as measured at calibration (the anchor)
+        predictor, reference_ms = self.predictor, self.reference_ms
         self._observed.append((specs, predicted_ratio, measured_ratio))
         recent = [(sp, measured * reference_ms) for sp, _, measured in self._observed[-self.ONLINE_SAMPLES :]]
         predictor.calibrate(self._calibration + recent, anchor=self.CALIBRATION_ANCHORS)

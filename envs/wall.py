@@ -29,7 +29,8 @@ whose next option buys the most cost per unit of sensitivity lost.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from compression.policy import CompressionPolicy, Precision
@@ -41,6 +42,11 @@ class Option:
 
     keep: float | None
     precision: Precision | None
+
+
+def by_compression(precisions: Iterable[Precision | None]) -> list[Precision | None]:
+    """Distinct precisions, most compressed first (None, a unit that decides none, before all)."""
+    return sorted(set(precisions), key=lambda p: -1 if p is None else p.weight_bits)
 
 
 CostFn = Callable[[CompressionPolicy], float]
@@ -96,15 +102,12 @@ class Wall:
 
     def precisions_of(self, unit: str) -> list[Precision | None]:
         """The unit's precisions, most compressed first (None: it decides none)."""
-        return self._precisions(unit)
-
-    def _precisions(self, unit: str) -> list[Precision | None]:
-        return sorted({o.precision for o in self.options[unit]}, key=lambda p: -1 if p is None else p.weight_bits)
+        return by_compression(o.precision for o in self.options[unit])
 
     def completion(self, unit: str, level: float, precision: int) -> Option:
         """A unit at keep position ``level`` (0: its smallest keep, 1: its largest) and its ``precision``-th precision."""
         keeps = sorted({o.keep for o in self.options[unit]}, key=lambda k: -1.0 if k is None else k)
-        precisions = self._precisions(unit)
+        precisions = self.precisions_of(unit)
         return Option(keeps[round(level * (len(keeps) - 1))], precisions[precision % len(precisions)])
 
     def rest_with(self, policy: CompressionPolicy, after: int, level: float, precision: int) -> CompressionPolicy:
@@ -138,7 +141,7 @@ class Wall:
         return fits[-1] if fits else None
 
     def _uniform(self, unit: str, ratio: float, precision: int) -> Option:
-        precisions = self._precisions(unit)
+        precisions = self.precisions_of(unit)
         return Option(self.keep_at(unit, ratio), precisions[min(precision, len(precisions) - 1)])
 
     def bounds(self, decided: CompressionPolicy, index: int, limit: float) -> list[Option]:
@@ -152,7 +155,7 @@ class Wall:
         # of them completes it within the limit. With the corners alone, an int8 layer was excluded as soon as the
         # cheapest corner (10%-keep float) plus its conversion went over, though int8 at 75% keep everywhere fitted:
         # every episode became an int8 start and a narrow float end at chance accuracy (ResNet-20, 50%, AMX Xeon).
-        precisions = self._precisions(unit)
+        precisions = self.precisions_of(unit)
         same = {
             q: [self.rest_with(decided, index + 1, level, precisions.index(q)) for level in self.COMPLETION_LEVELS]
             for q in precisions
@@ -198,10 +201,7 @@ class Wall:
         """``policy`` with every unit at the most common precision of its units (widths unchanged) and how many units
         changed: a float layer among int8 ones costs two conversions the per-layer predictor under-counts."""
         current = {u: self._current(policy, u).precision for u in self.units if self.precision_unit[u]}
-        counts: dict[Precision, int] = {}
-        for p in current.values():
-            if p is not None:
-                counts[p] = counts.get(p, 0) + 1
+        counts = Counter(p for p in current.values() if p is not None)
         if len(counts) < 2:
             return policy, 0
         common = max(counts, key=lambda p: (counts[p], -p.weight_bits))
