@@ -121,6 +121,27 @@ def set_progress(algo: Any, episodes_done: int) -> None:
     algo.env_runner_group.foreach_env_runner(apply)
 
 
+def prime_calibration(algo: Any, records: list[dict[str, Any]]) -> int:
+    """Give every env runner's environment the run's measured episodes (online calibration and wall margin after a resume).
+
+    Returns how many episodes the env runners took in, summed over them.
+    """
+
+    def apply(runner: Any) -> int:
+        env = getattr(runner, "env", None)
+        if env is None:
+            return 0
+        envs = getattr(getattr(env, "unwrapped", env), "envs", None) or [env]
+        primed = 0
+        for one in envs:
+            ctx = getattr(getattr(one, "unwrapped", one), "ctx", None)
+            if ctx is not None and hasattr(ctx, "replay_observations"):
+                primed += ctx.replay_observations(records)
+        return primed
+
+    return sum(algo.env_runner_group.foreach_env_runner(apply) or [])
+
+
 def build_algo_config(
     agent: AgentConfig,
     env_class: type,

@@ -198,10 +198,41 @@ class EnvContext:
 
     def observe_latency(self, specs: list[dict[str, Any]], predicted_ratio: float, measured_ratio: float) -> None:
         """Record a measured episode (its predicted and measured ratio) and re-fit the predictor's calibration with it."""
-        predictor, reference_ms = self.predictor, self.reference_ms
         self._observed.append((specs, predicted_ratio, measured_ratio))
+        self._recalibrate()
+
+    def _recalibrate(self) -> None:
+        predictor, reference_ms = self.predictor, self.reference_ms
         recent = [(sp, measured * reference_ms) for sp, _, measured in self._observed[-self.ONLINE_SAMPLES :]]
         predictor.calibrate(self._calibration + recent, anchor=self.CALIBRATION_ANCHORS)
+
+    def replay_observations(self, records: list[dict[str, Any]]) -> int:
+        """Feed a run's recorded episodes (policy, predicted and measured ratio) to the online calibration; returns how many.
+
+        A fresh process (the driver's read-out of the final policy, a resumed run) would otherwise start from the
+        calibration samples alone, with the wall's 3% starting margin: a SAC read-out whose actions played 81% in the
+        search then measured over budget, was repaired down to 41% latency and scored 26.7%. Episodes this process
+        measured itself (an env runner in the driver) are not counted twice.
+        """
+        if self.config.objective != "latency" or self.config.latency_source != "measure":
+            return 0
+        seen = {(predicted, measured) for _, predicted, measured in self._observed}  # this process measured them itself
+        fresh = []
+        for record in records:
+            if not all(isinstance(record.get(k), (int, float)) for k in ("predicted_ratio", "latency_ratio")):
+                continue
+            if not isinstance(record.get("policy"), dict) or not record["predicted_ratio"] > 0:
+                continue
+            if (record["predicted_ratio"], record["latency_ratio"]) in seen:
+                continue
+            seen.add((record["predicted_ratio"], record["latency_ratio"]))
+            policy = CompressionPolicy.from_dict(record["policy"])
+            specs = layer_specs(self.structure, policy, self.config.round_to)
+            fresh.append((specs, float(record["predicted_ratio"]), float(record["latency_ratio"])))
+        if fresh:
+            self._observed.extend(fresh)
+            self._recalibrate()
+        return len(fresh)
 
     def prediction_errors(self) -> list[float]:
         """measured / predicted - 1 of every observed episode (positive: the predictor under-estimated)."""

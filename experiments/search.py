@@ -95,7 +95,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
     from agents.policy_net import ActorNet, rollout
     from agents.recorder import start_recorder
     from agents.replay import replay_elites, restore_replay
-    from agents.rllib import build_algo_config, set_progress
+    from agents.rllib import build_algo_config, prime_calibration, set_progress
 
     name = f"galen-recorder:{hashlib.sha1(str(run.path).encode()).hexdigest()[:10]}:{os.getpid()}"
     recorder = start_recorder(name, run.path, _wandb_options(config, run))
@@ -111,7 +111,12 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
             algo.restore_from_path(str(checkpoint / "rllib"))
             iteration = int(checkpoint.name.split("_")[1])
             restored = restore_replay(algo, checkpoint)
-            log.info("resumed the agent from %s (iteration %d, %d episodes back in its replay buffer)", checkpoint, iteration, restored)
+            primed = prime_calibration(algo, run.episodes())
+            log.info(
+                "resumed the agent from %s (iteration %d, %d episodes back in its replay buffer, %d measured ones in the "
+                "env runners' latency calibration)",
+                checkpoint, iteration, restored, primed,
+            )  # fmt: skip
         count = ray.get(recorder.count.remote())
         with _bar(config.episodes, min(count, config.episodes), f"{config.agent.algo} search", progress) as bar:
             while count < config.episodes:
@@ -135,7 +140,9 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
         source = f"{config.agent.algo}-deterministic"
         done = any(r.get("source") == source and r.get("iteration") == iteration for r in run.episodes())
         if final is not None and not done:
-            # The final policy, read out of the checkpoint without Ray: deterministic actions through the env.
+            # The final policy, read out of the checkpoint without Ray: deterministic actions through the env, whose
+            # predictor and wall margin first learn what the search measured (as the env runners' did).
+            env.ctx.replay_observations(run.episodes())
             info = rollout(env, ActorNet(final), seed=config.seed)
             ray.get(recorder.record.remote(info, source, {"iteration": iteration, "checkpoint": final.name}))
     finally:
@@ -157,6 +164,7 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
                 bar.update(1)
                 bar.set_postfix_str(_postfix(episode_log.summary()))
 
+            env.ctx.replay_observations(episode_log.records)  # a resumed run keeps its online calibration
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]
             if len(own) < config.episodes:
                 run_baseline(config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick)
@@ -170,7 +178,6 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
 # --- the entry point ---------------------------------------------------------------------------------
 def main(config: SearchConfig, resume: bool = False, progress: bool = True, report: bool = True, summary: bool = True) -> dict[str, Any]:
     """Run (or resume) a search; returns the summary (baseline vs best policy; empty with ``summary=False``)."""
-    torch.set_num_threads(1)  # the driver: RLlib iterations measured 10x slower with torch's default threads
     run = RunDir.open(config, resume)
     log.info("run directory: %s", run.path)
     started = time.time()
@@ -180,6 +187,9 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
     env = make_env(config)
     env.reset(seed=config.seed)  # computes (or loads) the sensitivity once, here, before env runners need it
     check_budget(config, env, run)
+    # Only now one thread: base training and the sensitivity above use every core (the demo's base trained in 239 s per
+    # epoch with one thread, 88 s with two); the driver's RLlib iterations measured 10x slower with torch's default.
+    torch.set_num_threads(1)
     owns_ray = cluster.connect()
     try:
         run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)

@@ -205,13 +205,27 @@ def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_
     assert set(env.corner_policies()) == {"min keep, 8-bit", "min keep, float", "full width, 8-bit"}
     rng = np.random.default_rng(2)
     before = len(env.ctx.prediction_errors())
+    infos = []
     for _ in range(3):
         _, _, info = _run(env, rng.uniform(0, 1, (len(env.units), 2)))
         assert info["predicted_ratio"] <= 0.9  # by construction, on the predictor
         assert info["latency_ratio"] > 0  # measured (how often within budget is the benchmark's aim, not a test's)
+        infos.append(info)
     errors = len(env.ctx.prediction_errors())
     assert errors >= before + 3  # every measurement is a calibration sample (a re-measured repair adds one)
     assert env.ctx.predictor.calibration.samples == 14 + errors
+    # a run's recorded episodes prime a fresh process's calibration and margin (the read-out, a resume), once each
+    assert env.ctx.replay_observations(infos) == 0  # this process measured them itself
+    slow = [{**infos[k % 3], "latency_ratio": infos[k % 3]["predicted_ratio"] * (1.25 + k / 1000)} for k in range(45)]
+    observed = list(env.ctx._observed)
+    try:
+        assert env.ctx.replay_observations(slow + slow[:5]) == 45  # a record counts once
+        assert env.ctx.replay_observations(slow) == 0
+        assert env.ctx.predictor.calibration.samples == min(14 + errors + 45, 14 + env.ctx.ONLINE_SAMPLES)
+        assert env.ctx.wall_margin() > 0.1  # 25% under-estimates in the window raise the margin
+    finally:  # the context is shared with the module's other tests
+        env.ctx._observed[:] = observed
+        env.ctx._recalibrate()
 
 
 def test_a_policy_measured_over_budget_is_repaired_further_and_measured_again(config: dict) -> None:

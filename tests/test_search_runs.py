@@ -111,8 +111,10 @@ def test_sac_search_killed_with_sigkill_resumes_without_losing_episodes(tmp_path
     assert "best policy" in out and "test accuracy" in out
     after = check_run(run_dir, before, 8, "sac")
     # the replay buffer came back with the checkpoint, and the resumed run did not replay its warm-up
-    restored = re.search(r"resumed the agent from .* \(iteration (\d+), (\d+) episodes back in its replay buffer\)", out)
+    restored = re.search(r"resumed the agent from .* \(iteration (\d+), (\d+) episodes back in its replay buffer, (\d+) measured", out)
     assert restored and int(restored.group(2)) >= 2, out
+    # and the env runner's latency calibration and wall margin start from what the run measured before the kill
+    assert int(restored.group(3)) == len({(r["predicted_ratio"], r["latency_ratio"]) for r in before}) > 0, out
     # no replayed warm-up: a replay would play episodes 0 and 1 again, in order, right after the resume (single
     # policies may repeat by themselves: the wall leaves few options near the budget)
     played = [json.dumps(r["policy"], sort_keys=True) for r in after if r["source"] == "sac"]

@@ -117,8 +117,17 @@ def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
         "finetune_steps": args.finetune_steps,
         "cpu": rows[0]["cpu"] if rows else None,
         "within_budget": sum(r["within_budget"] for r in rows),
-        "kendall_tau": {f"distill_{v}": kendall_tau([r["proxy"][v] for r in rows], after) for v in variants},
-        "seconds_per_episode": {f"distill_{v}": float(np.median([r["proxy_seconds"][v] for r in rows])) for v in variants},
+        # a variant measured on fewer rows (a later resume with other --distill-steps) is scored on the rows that have it
+        "kendall_tau": {
+            f"distill_{v}": kendall_tau(
+                [r["proxy"][v] for r in rows if v in r["proxy"]], [r["test_after_finetune"] for r in rows if v in r["proxy"]]
+            )
+            for v in variants
+        },
+        "policies_per_variant": {f"distill_{v}": sum(v in r["proxy"] for r in rows) for v in variants},
+        "seconds_per_episode": {
+            f"distill_{v}": float(np.median([r["proxy_seconds"][v] for r in rows if v in r["proxy"]])) for v in variants
+        },
         "test_after_finetune": {"min": min(after), "max": max(after)} if after else None,
     }
 
