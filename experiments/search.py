@@ -178,6 +178,9 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
 # --- the entry point ---------------------------------------------------------------------------------
 def main(config: SearchConfig, resume: bool = False, progress: bool = True, report: bool = True, summary: bool = True) -> dict[str, Any]:
     """Run (or resume) a search; returns the summary (baseline vs best policy; empty with ``summary=False``)."""
+    # One thread: the driver's RLlib iterations measured 10x slower with torch's default. A base model trained on the
+    # way uses every core (envs/context.py: every_core).
+    torch.set_num_threads(1)
     run = RunDir.open(config, resume)
     log.info("run directory: %s", run.path)
     started = time.time()
@@ -187,9 +190,6 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
     env = make_env(config)
     env.reset(seed=config.seed)  # computes (or loads) the sensitivity once, here, before env runners need it
     check_budget(config, env, run)
-    # Only now one thread: base training and the sensitivity above use every core (the demo's base trained in 239 s per
-    # epoch with one thread, 88 s with two); the driver's RLlib iterations measured 10x slower with torch's default.
-    torch.set_num_threads(1)
     owns_ray = cluster.connect()
     try:
         run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)

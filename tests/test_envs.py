@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import envs
@@ -329,3 +332,16 @@ def test_sensitivity_is_computed_once_and_then_read_from_its_cache(config: dict,
 
     monkeypatch.setattr(sensitivity, "compute_sensitivity", recompute)
     assert sensitivity.cached_sensitivity(tmp_path, *args) == first  # a new process (env runner, resumed run) reads it back
+
+
+def test_a_base_model_trains_on_every_core_and_the_search_keeps_its_one_thread() -> None:
+    from envs.context import every_core
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the search sets it
+    try:
+        with every_core():
+            assert torch.get_num_threads() == (os.cpu_count() or 1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)

@@ -365,8 +365,11 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
     fidelity_path = REPO / "bench" / "results" / "fidelity.json"
     fidelity = json.loads(fidelity_path.read_text()) if fidelity_path.exists() else {}
     for model, f in fidelity.items():
+        counts = f.get("policies_per_variant", {})
         variants = ", ".join(
-            f"{tau:.2f} with {name.split('_')[1]} distillation steps ({f['seconds_per_episode'][name]:.1f} s per episode)"
+            f"{tau:.2f} with {name.split('_')[1]} distillation steps ({f['seconds_per_episode'][name]:.1f} s per episode"
+            + (f"; {counts[name]} of the policies" if counts.get(name, f["policies"]) != f["policies"] else "")
+            + ")"
             for name, tau in f["kendall_tau"].items()
         )
         lines.append(
