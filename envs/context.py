@@ -212,7 +212,8 @@ class EnvContext:
     @property
     def reference_ms(self) -> float:
         """The uncompressed model's median latency (ms) as timed for the predictor's calibration (its anchor)."""
-        return self.predictor and self._calibration[0][1]
+        self.predictor  # noqa: B018 -- the calibration samples exist once the predictor is built
+        return self._calibration[0][1]
 
     def observe_latency(self, specs: list[dict[str, Any]], predicted_ratio: float, measured_ratio: float) -> None:
         """Record a measured episode (its predicted and measured ratio) and re-fit the predictor's calibration with it."""

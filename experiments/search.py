@@ -138,11 +138,12 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
             play_safety_net(env, lambda info, source, extra: ray.get(recorder.record.remote(info, source, extra)))
         final = run.latest_checkpoint()
         source = f"{config.agent.algo}-deterministic"
-        done = any(r.get("source") == source and r.get("iteration") == iteration for r in run.episodes())
+        episodes = run.episodes()
+        done = any(r.get("source") == source and r.get("iteration") == iteration for r in episodes)
         if final is not None and not done:
             # The final policy, read out of the checkpoint without Ray: deterministic actions through the env, whose
             # predictor and wall margin first learn what the search measured (as the env runners' did).
-            env.ctx.replay_observations(run.episodes())
+            env.ctx.replay_observations(episodes)
             info = rollout(env, ActorNet(final), seed=config.seed)
             ray.get(recorder.record.remote(info, source, {"iteration": iteration, "checkpoint": final.name}))
     finally:
