@@ -9,6 +9,7 @@ fake quantizers to the float weights (straight-through).
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -16,6 +17,8 @@ from torch import nn
 
 from workloads.datasets import DataSplits
 from workloads.training import LossFn, Recipe, TrainResult, train_model
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -85,4 +88,16 @@ def finetune(
         val_size=len(data.val),
         train_limit=steps * batch_size if steps else None,
     )
-    return train_model(model, data, recipe, seed, progress=progress, loss_fn=distillation_loss(teacher) if teacher is not None else None)
+
+    def report(record: dict[str, float]) -> None:  # a line per epoch, also where no bar shows (a job log)
+        what = f"{steps} steps" if steps else f"epoch {record['epoch']}/{recipe.epochs}"
+        log.info(
+            "fine-tune %s: train loss %.3f, validation accuracy %.4f (%.0f s)",
+            what,
+            record["train_loss"],
+            record.get("val_acc", float("nan")),
+            record["seconds"],
+        )
+
+    loss_fn = distillation_loss(teacher) if teacher is not None else None
+    return train_model(model, data, recipe, seed, progress=progress, loss_fn=loss_fn, on_epoch=report if progress else None)

@@ -42,19 +42,23 @@ def planned_structure(structure: ModelStructure, policy: CompressionPolicy, roun
     policy.validate(structure)
     kept = {g.name: kept_channels(g.channels, policy.keep_ratio(g.name), round_to) for g in structure.groups}
     out_of: dict[str, int] = {}  # layer -> kept output channels
-    in_scale: dict[str, tuple[int, int]] = {}  # consumer layer -> (original channels, kept channels) of its input group
+    feeds: dict[str, list[tuple[int, int]]] = {}  # consumer layer -> (original, kept) channels of each group it reads
     for group in structure.groups:
         for member in group.members:
             out_of[member] = kept[group.name]
         for consumer in group.consumers:
-            in_scale[consumer] = (group.channels, kept[group.name])
+            feeds.setdefault(consumer, []).append((group.channels, kept[group.name]))
     layers = []
     for layer in structure.layers:
         out_channels = out_of.get(layer.name, layer.out_channels)
         in_channels = layer.in_channels
-        if layer.name in in_scale:
-            original, new = in_scale[layer.name]
-            in_channels = layer.in_channels // original * new  # a Linear after flatten sees channels x spatial positions
+        if layer.name in feeds:
+            # a concatenation feeds a layer from several groups (and from frozen ones); a Linear after flatten sees
+            # channels x spatial positions
+            total = sum(original for original, _ in feeds[layer.name])
+            removed = sum(original - new for original, new in feeds[layer.name])
+            positions = layer.in_channels // total if layer.kind == "linear" and layer.in_channels % total == 0 else 1
+            in_channels = layer.in_channels - removed * positions
         layers.append(_planned_layer(layer, out_channels, in_channels))
     groups = tuple(dataclasses.replace(g, channels=kept[g.name]) for g in structure.groups)
     return dataclasses.replace(structure, layers=tuple(layers), groups=groups)

@@ -10,6 +10,8 @@ MobileNetV2 at 30% without rounding ran slower than unpruned.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import logging
 
 import torch
 import torch_pruning as tp
@@ -17,6 +19,9 @@ from torch import nn
 
 from compression.policy import CompressionPolicy
 from compression.structure import ModelStructure, compressible_layers, dependency_graph, discover, pruning_groups
+
+log = logging.getLogger(__name__)
+TRIAL_KEEP = 0.5  # the keep ratio each group is tried at
 
 
 def kept_channels(channels: int, keep_ratio: float, round_to: int = 8) -> int:
@@ -51,12 +56,78 @@ def prune(
     roots = {by_name[group.name]: group for group in structure.groups}
     for root, group in pruning_groups(graph, ignored):
         # Torch-Pruning roots a group at any member; map it back to our group by membership.
-        info = roots.get(root) or next(g for m, g in roots.items() if names[root] in g.members)
+        info = roots.get(root) or next((g for m, g in roots.items() if names[root] in g.members), None)
+        if info is None:  # a frozen group (or one the structure leaves out): never pruned
+            continue
         channels = len(group[0].idxs)
         keep = kept_channels(channels, policy.keep_ratio(info.name), round_to)
         if keep == channels:
             continue
-        scores = importance(group)  # (channels,)
+        # the group as the graph is now: earlier prunes moved the offsets of concatenations it passes through
+        handler = group[0].dep.handler
+        scores = importance(graph.get_pruning_group(root, handler, idxs=list(range(channels))))  # (channels,)
         drop = torch.argsort(scores)[: channels - keep].tolist()
-        graph.get_pruning_group(root, group[0].dep.handler, idxs=sorted(drop)).prune()
+        graph.get_pruning_group(root, handler, idxs=sorted(drop)).prune()
     return pruned
+
+
+def freeze_unprunable(model: nn.Module, example_input: torch.Tensor, structure: ModelStructure, round_to: int = 8) -> ModelStructure:
+    """``structure`` without the pruning groups that Torch-Pruning does not prune correctly in this model.
+
+    All groups are tried at once on a copy: pruned to half their channels, run forward, the layers compared with what
+    the planner (``compression.plan``) expects. When that fails, group by group, then every group left at once. A
+    group that raises (a channel shuffle: ``INDICES element is out of DATA bounds``), changes the output's shape or
+    leaves layers other than planned is frozen: not pruned, its layers still quantizable, listed in
+    ``structure.frozen`` with the reason.
+    """
+    if not structure.groups or _trial(model, example_input, structure, list(structure.groups), round_to) is None:
+        return structure  # every group at once works (one trial, 3 s on ResNet-56): no group-by-group search
+    frozen = dict(structure.frozen)
+    kept = []
+    for group in structure.groups:
+        reason = _trial(model, example_input, structure, [group], round_to)
+        if reason is None:
+            kept.append(group)
+        else:
+            frozen[group.name] = reason
+    while kept:  # together: what one group's pruning does to another's
+        reason = _trial(model, example_input, structure, kept, round_to)
+        if reason is None:
+            break
+        last = kept.pop()
+        frozen[last.name] = f"fails when pruned together with the other groups: {reason}"
+    for name, reason in frozen.items():
+        log.warning("pruning group %s is frozen (not pruned, still quantizable): %s", name, reason)
+    return dataclasses.replace(structure, groups=tuple(kept), frozen=tuple(frozen.items()))
+
+
+def _trial(model: nn.Module, x: torch.Tensor, structure: ModelStructure, groups: list, round_to: int) -> str | None:
+    """None when pruning ``groups`` (to ``TRIAL_KEEP``) works as planned; else why not, in one line."""
+    from compression.plan import planned_structure
+
+    subset = dataclasses.replace(structure, groups=tuple(groups))
+    policy = CompressionPolicy(keep={g.name: TRIAL_KEEP for g in groups})
+    try:
+        with torch.no_grad():
+            expected = model(x[:1]).shape
+        pruned = prune(model, x, policy, round_to, structure=subset).eval()  # Torch-Pruning traces with autograd
+        with torch.no_grad():
+            out = pruned(x[:1])
+        if out.shape != expected:
+            return f"the pruned model's output has shape {tuple(out.shape)}, not {tuple(expected)}"
+        modules = {name: module for module, name in compressible_layers(pruned).items()}
+        for layer in planned_structure(subset, policy, round_to).layers:
+            module = modules.get(layer.name)
+            if module is None:
+                return f"layer {layer.name} is gone after pruning"
+            shape = (
+                (module.in_features, module.out_features, 1)
+                if isinstance(module, nn.Linear)
+                else (module.in_channels, module.out_channels, module.groups)
+            )
+            planned = (layer.in_channels, layer.out_channels, layer.groups)
+            if shape != planned:
+                return f"layer {layer.name} has (in, out, groups) {shape} after pruning, the plan {planned}"
+    except Exception as error:  # noqa: BLE001 - whatever Torch-Pruning or the pruned model raises freezes the group
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None

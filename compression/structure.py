@@ -59,6 +59,9 @@ class ModelStructure:
     groups: tuple[PruningGroup, ...]
     output_layers: tuple[str, ...]
     input_shape: tuple[int, ...]  # (1, C, H, W)
+    # (group name, reason): groups Torch-Pruning cannot prune correctly here (compression.pruning.freeze_unprunable);
+    # not pruned, their layers still quantizable
+    frozen: tuple[tuple[str, str], ...] = ()
 
     def layer(self, name: str) -> LayerInfo:
         for layer in self.layers:
@@ -156,18 +159,33 @@ def pruning_groups(graph: tp.DependencyGraph, ignored: list[nn.Module]) -> list[
     return [(group[0].dep.target.module, group) for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=COMPRESSIBLE)]
 
 
+def _is_grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (depthwise ones Torch-Pruning prunes with their input)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and not module.groups == module.in_channels == module.out_channels
+
+
 def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
     """List the compressible layers and pruning groups of ``model`` for inputs like ``example_input``."""
     calls, outputs = trace_layers(model, example_input)
     order = {name: index for index, (name, *_) in enumerate(calls)}
     names = compressible_layers(model)
-    graph = dependency_graph(model, example_input)
-    ignored = [module for module, name in names.items() if name in outputs]
-    groups = []
-    for _, group in pruning_groups(graph, ignored):
-        members, consumers = set(), set()
+    by_name = {name: module for module, name in names.items()}
+    try:
+        graph = dependency_graph(model, example_input)
+        found = pruning_groups(graph, [module for module, name in names.items() if name in outputs])
+    except Exception as error:  # noqa: BLE001 - Torch-Pruning cannot trace it: nothing is pruned, everything quantizable
+        reason = f"Torch-Pruning cannot trace the model ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        layers = tuple(_layer_info(name, module, out, inp) for name, module, out, inp in calls)
+        return ModelStructure(layers, (), tuple(outputs), tuple(example_input[:1].shape), (("*", reason),))
+    groups, frozen = [], []
+    for _, group in found:
+        members, consumers, mixing = set(), set(), False
         for dep, _ in group:
             target = dep.target.module
+            # a reshape that feeds anything but a Linear (a flatten does) moves channels around, as a channel shuffle
+            # does: Torch-Pruning cannot follow which channel is which (it removes the wrong ones, or crashes)
+            if type(target).__name__ == "_ReshapeOp" and any(not isinstance(n.module, nn.Linear) for n in dep.target.outputs):
+                mixing = True
             if target not in names:
                 continue
             if graph.is_out_channel_pruning_fn(dep.handler):
@@ -176,7 +194,17 @@ def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
                 consumers.add(names[target])
         members_sorted = tuple(sorted(members, key=order.__getitem__))
         consumers_sorted = tuple(sorted(consumers - members, key=order.__getitem__))
-        groups.append(PruningGroup(members_sorted[0], len(group[0].idxs), members_sorted, consumers_sorted))
+        found_group = PruningGroup(members_sorted[0], len(group[0].idxs), members_sorted, consumers_sorted)
+        grouped = [n for n in (*members_sorted, *consumers_sorted) if _is_grouped(by_name[n])]
+        if mixing:
+            frozen.append((found_group.name, "a reshape or view between its layers mixes channels (a channel shuffle?)"))
+        elif grouped:
+            # Torch-Pruning removes a grouped convolution's channels without keeping its groups apart: a crash
+            # (INDICES element is out of DATA bounds) or, worse, a model that runs and computes something else
+            layer = by_name[grouped[0]]
+            frozen.append((found_group.name, f"its channels pass the grouped convolution {grouped[0]} (groups={layer.groups})"))
+        else:
+            groups.append(found_group)
     groups.sort(key=lambda g: order[g.name])
     layers = tuple(_layer_info(name, module, out, inp) for name, module, out, inp in calls)
-    return ModelStructure(layers, tuple(groups), tuple(outputs), tuple(example_input[:1].shape))
+    return ModelStructure(layers, tuple(groups), tuple(outputs), tuple(example_input[:1].shape), tuple(frozen))

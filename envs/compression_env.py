@@ -16,7 +16,7 @@ from compression.pipeline import Compressed, build, compress
 from compression.plan import layer_specs, planned_structure
 from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
 from compression.pruning import kept_channels
-from envs.config import EnvConfig
+from envs.config import EnvConfig, EnvConfigError
 from envs.context import EnvContext
 from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
@@ -108,6 +108,12 @@ class CompressionEnv(gym.Env):
         self.config = EnvConfig.from_dict(data)
         self.ctx = EnvContext.get(self.config)
         s = self.ctx.structure
+        if self.kind == "prune" and not s.groups:
+            frozen = "; ".join(f"{name}: {reason}" for name, reason in s.frozen) or "only output layers"
+            raise EnvConfigError(
+                f"env config: model {self.config.model!r} has no pruning group this platform can prune ({frozen}); "
+                "field 'kind' allowed: quantize or joint"
+            )
         if self.kind == "prune":
             self.units = [g.name for g in s.groups]  # a group is named after its first layer
         else:

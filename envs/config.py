@@ -51,6 +51,7 @@ class EnvConfig:
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
     checkpoint: str | None = None  # a checkpoint directory; None: the store's entry for (model, dataset, base_epochs, seed)
+    weights: str | None = None  # the user's trained weights: a state-dict file (torch.save(model.state_dict())), not the store
     base_epochs: int = 5  # recipe epochs of the store entry used when checkpoint is None
     train_base: bool = False  # train and store the base model when the store lacks it (else: an error)
     target: str = "local-cpu"
@@ -101,6 +102,11 @@ class EnvConfig:
         for name, (ok, allowed) in ranges.items():
             if not ok:
                 raise EnvConfigError("env config", name, getattr(self, name), allowed)
+        if self.weights is not None and self.checkpoint is not None:
+            raise EnvConfigError("env config", "weights", self.weights, "a state-dict file, or the checkpoint field, not both")
+        for name in ("weights", "checkpoint"):
+            if getattr(self, name) is not None and (not isinstance(getattr(self, name), str) or not getattr(self, name)):
+                raise EnvConfigError("env config", name, getattr(self, name), "a path (a non-empty string) or null")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EnvConfig:
@@ -116,5 +122,5 @@ class EnvConfig:
 
     def context_key(self) -> tuple:
         """What the shared, expensive part of an env depends on (not the kind, reward or budget)."""
-        fields = ("model", "dataset", "data_dir", "checkpoint", "base_epochs", "target", "val_size", "seed")
+        fields = ("model", "dataset", "data_dir", "checkpoint", "weights", "base_epochs", "target", "val_size", "seed")
         return tuple(getattr(self, f) for f in fields) + (self.sensitivity_images, self.calibration_images, self.objective)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments import deploy, hardware, report, search, sweep, train
+from experiments import compress, deploy, hardware, report, search, sweep, train
 from experiments.options import add_options, from_args
 from experiments.rundir import RunDirError
 from hardware.client import TargetUnavailableError
@@ -123,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.build_parser(p)
     p.set_defaults(handler=_demo)
+
+    p = sub.add_parser(
+        "compress",
+        help="your trained model to a faster deployable one on a target: evaluate, search, fine-tune, export",
+        description=compress.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compress.build_parser(p)
+    p.set_defaults(handler=lambda a: compress.main(from_args(compress.CompressConfig, a)))
 
     p = sub.add_parser("search", help="search a compression policy (RL agent or baseline) from a YAML config", description=search.__doc__)
     search.build_parser(p)

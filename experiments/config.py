@@ -6,6 +6,7 @@ run_dir: runs/demo              # where everything is written (relative paths: t
 episodes: 60                    # episodes in all (a resumed run continues up to this)
 seed: 0
 workload: {model: resnet20, dataset: fashion-mnist, checkpoint: null, base_epochs: 2, train_base: true}
+# or your own trained model: workload: {model: mypkg.nets:build, dataset: /data/images, weights: model.pt}
 env: {kind: joint, target: local-cpu, objective: latency, target_ratio: 0.25, reward: galen}
 agent: {algo: sac, warmup_episodes: 10}
 wandb: {project: null}          # a project name turns W&B logging on (offline unless WANDB_API_KEY is set)
@@ -29,7 +30,7 @@ from agents.config import AgentConfig
 from envs.config import ConfigError, EnvConfig
 
 WHERE = "search config"
-WORKLOAD_FIELDS = ("model", "dataset", "data_dir", "checkpoint", "base_epochs", "train_base")
+WORKLOAD_FIELDS = ("model", "dataset", "data_dir", "checkpoint", "weights", "base_epochs", "train_base")
 ENV_FIELDS = tuple(f.name for f in dataclasses.fields(EnvConfig) if f.name not in (*WORKLOAD_FIELDS, "seed"))
 WANDB_FIELDS = ("project", "entity", "mode", "group")
 TOP_FIELDS = ("name", "run_dir", "episodes", "seed", "checkpoint_every", "workload", "env", "agent", "wandb")

@@ -36,7 +36,8 @@ def add_options(
         default = defaults.get(f.name, f.default)
         kind, optional = _unwrap(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        # a field whose None means "decided later" shows what it comes to (``shown_default``)
+        help_text = f"{f.metadata.get('help', '')} (default: {f.metadata.get('shown_default', default)})"
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         else:

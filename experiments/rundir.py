@@ -46,6 +46,11 @@ class RunDir:
     def open(cls, config: SearchConfig, resume: bool) -> RunDir:
         run = cls(config.run_dir)
         existing = run.path / "config.yaml"
+        if existing.exists() and not read_episodes(run.path) and run.latest_checkpoint() is None:
+            # a run that stopped before its first episode (a bad budget, a crash while preparing) holds nothing to lose:
+            # the same command starts it again, with whatever config it now has
+            (run.path / "state.json").unlink(missing_ok=True)
+            existing.unlink()
         if existing.exists():
             if not resume:
                 episodes = len(read_episodes(run.path))

@@ -66,6 +66,15 @@ def _postfix(summary: dict[str, Any]) -> str:
     )
 
 
+BASELINE_LOG_EVERY = 4  # episodes between progress lines of a baseline when the output is not a terminal
+
+
+def _log_progress(bar: Any, done: int, total: int, summary: dict[str, Any]) -> None:
+    """A progress line when the bar cannot be seen (a job log, CI, a file): tqdm off, or stderr not a terminal."""
+    if bar.disable or not sys.stderr.isatty():
+        log.info("episodes %d/%d: %s", done, total, _postfix(summary))
+
+
 def _wandb_options(config: SearchConfig, run: RunDir) -> dict[str, Any] | None:
     if not config.wandb.get("project"):
         return None
@@ -129,6 +138,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
                 summary = ray.get(recorder.summary.remote())
                 bar.update(min(new_count, config.episodes) - min(count, config.episodes))
                 bar.set_postfix_str(_postfix(summary))
+                _log_progress(bar, min(new_count, config.episodes), config.episodes, summary)
                 count = new_count
                 if iteration % config.checkpoint_every == 0 or count >= config.episodes:
                     save_checkpoint(algo, run, iteration, count, config.agent.algo, obs_dim, action_dim)
@@ -164,6 +174,8 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
             def tick(record: dict[str, Any]) -> None:
                 bar.update(1)
                 bar.set_postfix_str(_postfix(episode_log.summary()))
+                if bar.n % BASELINE_LOG_EVERY == 0 or bar.n >= config.episodes:
+                    _log_progress(bar, bar.n, config.episodes, episode_log.summary())
 
             env.ctx.replay_observations(episode_log.records)  # a resumed run keeps its online calibration
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]

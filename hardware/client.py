@@ -138,6 +138,19 @@ class LatencyClient:
         self._cache_put(self.key(candidate, reference), median.to_dict())
         return median
 
+    def retime(self, candidate: bytes, reference: bytes, previous: Measurement, times: int = 2) -> Measurement:
+        """``previous`` (a cached timing whose reference ran slow) against ``times`` fresh timings: the one whose
+        reference ran fastest is kept and replaces what the cache held, so no later process inherits a slow-state
+        timing (a ResNet-56 calibration anchor cached at 0.48 of the reference measures 0.36)."""
+        results = [previous]
+        for _ in range(times):
+            self.misses += 1
+            results.append(self._time_once(candidate, reference))
+            self.timings += 1
+        best = dataclasses.replace(fastest_reference(results), cached=False)
+        self._cache_put(self.key(candidate, reference), best.to_dict())
+        return best
+
     def stats(self) -> dict[str, int]:
         """This client's cache hits and misses and the timings it caused."""
         return {"hits": self.hits, "misses": self.misses, "timings": self.timings}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from agents.config import AgentConfig, search_space_defaults
 from agents.recorder import EpisodeLog, pareto_front, read_episodes
@@ -104,9 +105,19 @@ def test_episode_log_numbers_pareto_best_and_torn_lines(tmp_path) -> None:
 
 def test_run_dir_refuses_to_overwrite_and_to_resume_a_different_config(tmp_path) -> None:
     config = SearchConfig.from_dict({"run_dir": str(tmp_path / "run"), "episodes": 5})
-    RunDir.open(config, resume=False)
-    with pytest.raises(RunDirError, match="already holds a run .0 episodes.; pass --resume to continue it"):
+    run = RunDir.open(config, resume=False)
+    run.set_state(feasible_range=[0.4, 1.0])
+    # stopped before its first episode: the same command (even with a changed config) starts it again, afresh
+    again = RunDir.open(config.replace(**{"env.target_ratio": 0.5}), resume=False)
+    assert again.state() == {} and yaml.safe_load((again.path / "config.yaml").read_text())["env"]["target_ratio"] == 0.5
+    log = EpisodeLog(again.path)
+    log.record(_info(0.5, 0.3), "sac")
+    log.close()
+    with pytest.raises(RunDirError, match="already holds a run .1 episodes.; pass --resume to continue it"):
         RunDir.open(config, resume=False)
+    with pytest.raises(RunDirError, match="--resume: env.target_ratio is 0.25 but the run in .* used 0.5"):
+        RunDir.open(config, resume=True)
+    config = config.replace(**{"env.target_ratio": 0.5})
     RunDir.open(config.replace(episodes=9), resume=True)  # more episodes: allowed
     with pytest.raises(RunDirError, match="--resume: agent.lr is 0.001 but the run in .* used 0.0003"):
         RunDir.open(config.replace(**{"agent.lr": 0.001}), resume=True)

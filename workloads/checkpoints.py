@@ -151,5 +151,57 @@ def load_into(directory: str | Path, model: nn.Module) -> dict[str, Any]:
     return meta
 
 
+def load_weights(path: str | Path, model: nn.Module, name: str = "--weights (workload.weights)") -> dict[str, Any]:
+    """Load a user's state-dict file into ``model`` (``torch.load(weights_only=True)``); returns its metadata.
+
+    ``name`` is the field or flag the user wrote (``workload.weights``, ``--weights``): every error names it. A file that
+    does not fit gets one line naming the first mismatched tensor and its shapes; a file holding pickled objects is
+    refused (nothing in it executed). Accepted wrappings: ``{"state_dict": ...}`` / ``{"model": ...}`` and the
+    ``module.`` prefix of ``nn.DataParallel``. The metadata records the file's sha256.
+    """
+    import pickle
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: no such file {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{name}: {path} holds pickled Python objects besides tensors; such files are never loaded (nothing in it was "
+            "executed). Save a plain state dict: torch.save(model.state_dict(), path)"
+        ) from None
+    except Exception as error:  # noqa: BLE001 - torch raises several types for files it cannot read
+        raise CheckpointError(f"{name}: cannot read {path} as a PyTorch state dict ({str(error).splitlines()[0]})") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict) and not isinstance(state.get(key), torch.Tensor):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{name}: {path} is not a state dict (a mapping of tensor names to tensors); save model.state_dict()")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    expected = model.state_dict()
+    problem = weights_mismatch(state, expected)
+    if problem:
+        raise CheckpointError(f"{name}: {path} does not fit model {type(model).__name__}: {problem}")
+    model.load_state_dict(state, strict=True)
+    return {"weights": str(path), "sha256": sha256_file(path), "tensors": len(state)}
+
+
+def weights_mismatch(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str | None:
+    """The first difference between a state dict and the model's, in the model's order (None: they fit)."""
+    for key, tensor in expected.items():
+        if key not in state:
+            counts = f"{len(state)} tensors in the file, {len(expected)} in the model"
+            return f"tensor {key!r} (shape {tuple(tensor.shape)}) is missing from the file ({counts})"
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            return f"tensor {key!r} has shape {tuple(state[key].shape)} in the file but {tuple(tensor.shape)} in the model"
+    extra = [key for key in state if key not in expected]
+    if extra:
+        return f"the file has tensor {extra[0]!r} (shape {tuple(state[extra[0]].shape)}) that the model does not ({len(extra)} such)"
+    return None
+
+
 def _describe(meta: dict[str, Any]) -> str:
     return f"model={meta.get('model')} dataset={meta.get('dataset')} seed={meta.get('seed')} recipe={meta.get('recipe')}"

@@ -29,7 +29,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="resnet20")
     p.add_argument("--base-epochs", type=int, default=5)
     p.add_argument("--checkpoint", default=None, help="a checkpoint directory (default: the store's entry)")
-    p.add_argument("--budget", type=float, default=0.5, help="latency budget of the wall (fraction of the uncompressed latency)")
+    p.add_argument(
+        "--budget",
+        default="0.5",
+        help="latency budget of the wall (fraction of the uncompressed latency), or a range LO:HI from which each policy "
+        "draws its own (policies that differ more than one budget's do)",
+    )
+    p.add_argument("--round-to", type=int, default=8, help="env.round_to: kept channels in multiples of this (the search benchmark's: 16)")
     p.add_argument("--policies", type=int, default=30)
     p.add_argument("--distill-steps", default="0,50", help="proxy variants: distillation steps after BN re-estimation")
     p.add_argument("--finetune-steps", type=int, default=200)
@@ -69,14 +75,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     torch.set_num_threads(2)
-    config = {"model": args.model, "base_epochs": args.base_epochs, "checkpoint": args.checkpoint, "target_ratio": args.budget}
+    config = {"model": args.model, "base_epochs": args.base_epochs, "checkpoint": args.checkpoint}
+    low, _, high = args.budget.partition(":")
+    budget_range = (float(low), float(high or low))
+    config |= {"target_ratio": budget_range[1], "round_to": args.round_to}
     env = JointEnv(config)
     variants = [int(v) for v in args.distill_steps.split(",")]
     rows_path = RESULTS / f"fidelity-{args.model}.jsonl"
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
-    rows = [r for r in rows if r["budget"] == args.budget and r["finetune_steps"] == args.finetune_steps]
+    # rows of another setting stay in the file; the summary is of this one (rows before round_to was recorded: 8)
+    rows = [
+        r for r in rows
+        if r.get("budget_range", r["budget"]) == _label(budget_range)
+        and r["finetune_steps"] == args.finetune_steps and r.get("round_to", 8) == args.round_to
+    ]  # fmt: skip
     for i in range(len(rows), args.policies):
-        actions = np.random.default_rng([args.seed, i]).uniform(0, 1, (len(env.units), 2)).astype(np.float32)
+        rng = np.random.default_rng([args.seed, i])
+        budget = float(rng.uniform(*budget_range)) if budget_range[0] != budget_range[1] else budget_range[0]
+        env = JointEnv({**config, "target_ratio": budget})  # the same shared context: model, data, predictor
+        actions = rng.uniform(0, 1, (len(env.units), 2)).astype(np.float32)
         started = time.perf_counter()
         info = play(env, actions)
         proxies = {"0": info["accuracy"]}
@@ -91,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds[str(steps)] = time.perf_counter() - started
         after, ft_seconds = fixed_finetune(env, policy, args.finetune_steps)
         row = {
-            "index": i, "budget": args.budget, "finetune_steps": args.finetune_steps, "policy": info["policy"],
+            "index": i, "budget": budget, "budget_range": _label(budget_range), "round_to": args.round_to,
+            "finetune_steps": args.finetune_steps, "policy": info["policy"],
             "latency_ratio": info["latency_ratio"], "predicted_ratio": info["predicted_ratio"], "within_budget": info["within_budget"],
             "proxy": proxies, "proxy_seconds": seconds, "test_after_finetune": after, "finetune_seconds": ft_seconds, "cpu": cpu_model(),
         }  # fmt: skip
@@ -102,10 +120,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = summarize(rows, args)
     path = RESULTS / "fidelity.json"
     data = json.loads(path.read_text()) if path.exists() else {}
-    data[args.model] = summary
+    previous = data.get(args.model) or {}
+    others = previous.pop("other_settings", [])
+    if previous and (previous.get("budget"), previous.get("round_to")) != (summary["budget"], summary["round_to"]):
+        others = [o for o in others if (o.get("budget"), o.get("round_to")) != (previous.get("budget"), previous.get("round_to"))]
+        others.append(previous)  # the summary of another setting is kept beside, not lost
+    others = [o for o in others if (o.get("budget"), o.get("round_to")) != (summary["budget"], summary["round_to"])]
+    data[args.model] = {**summary, **({"other_settings": others} if others else {})}
     path.write_text(json.dumps(data, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     return summary
+
+
+def _label(budget_range: tuple[float, float]) -> float | str:
+    """A row's setting: the budget (a float, as rows before ranges recorded it) or ``"LO:HI"``."""
+    low, high = budget_range
+    return low if low == high else f"{low:g}:{high:g}"
 
 
 def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -113,7 +143,8 @@ def summarize(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     variants = sorted({k for r in rows for k in r["proxy"]}, key=int)
     return {
         "policies": len(rows),
-        "budget": args.budget,
+        "budget": args.budget if ":" in args.budget else float(args.budget),
+        "round_to": args.round_to,
         "finetune_steps": args.finetune_steps,
         "cpu": rows[0]["cpu"] if rows else None,
         "within_budget": sum(r["within_budget"] for r in rows),

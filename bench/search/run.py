@@ -51,6 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=16,
         help="env.round_to: channels kept in multiples of this (default 16: AVX-512 CPUs run other widths slowly; 8: the first tables)",
     )
+    p.add_argument(
+        "--distill",
+        default="",
+        help="model:steps[,model:steps]: per-episode distillation steps (env.finetune_steps) of a model's searches (default 0; "
+        "ResNet-56 needs 20: proxy Kendall tau 0.03 without, see bench/results/fidelity.json)",
+    )
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--episodes", type=int, default=100, help="episodes per run, the same for every method (default: 100)")
     p.add_argument("--finetune-steps", type=int, default=200)
@@ -67,6 +73,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             for seed in range(args.seeds):
                 for method in args.methods.split(","):
                     common = {"model": model, "budget": float(budget), "seed": seed, "method": method, "round_to": args.round_to}
+                    if distill_steps(args).get(model):
+                        common["distill"] = distill_steps(args)[model]
                     if method == "uniform":
                         if seed == 0:  # deterministic
                             runs.append(common)
@@ -76,6 +84,12 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     return runs
 
 
+def distill_steps(args: argparse.Namespace) -> dict[str, int]:
+    """``--distill resnet56:20`` -> {"resnet56": 20}."""
+    pairs = [item.partition(":") for item in args.distill.split(",") if item]
+    return {model: int(steps) for model, _, steps in pairs}
+
+
 def method_key(run: dict[str, Any]) -> str:
     """The method's key in search.json: the default wall mode (paced) is the method itself, other modes are apart."""
     mode = run.get("wall_mode", "paced")
@@ -83,12 +97,13 @@ def method_key(run: dict[str, Any]) -> str:
 
 
 def run_name(run: dict[str, Any]) -> str:
-    """``<model>-b<budget>[-r<round_to>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the archives before
-    ``paced`` existed), none for uniform (it plays without the wall)."""
+    """``<model>-b<budget>[-r<round_to>][-d<distill>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the
+    archives before ``paced`` existed), none for uniform (it plays without the wall)."""
     mode = run.get("wall_mode", "paced")
     mode = "" if mode == "relative" or run["method"] == "uniform" else f"-{mode}"
     rounding = "" if run.get("round_to", 8) == 8 else f"-r{run['round_to']}"
-    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}-{run['method']}{mode}-s{run['seed']}"
+    distill = f"-d{run['distill']}" if run.get("distill") else ""
+    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}{distill}-{run['method']}{mode}-s{run['seed']}"
 
 
 @functools.cache
@@ -115,6 +130,7 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
             "target_ratio": run["budget"],
             "wall_mode": run.get("wall_mode", "paced"),
             "round_to": run.get("round_to", 8),
+            "finetune_steps": run.get("distill", 0),
         },  # fmt: skip
         "agent": {"algo": run["method"], "uniform_steps": 21},
     }
@@ -228,7 +244,10 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
     fidelity_path = REPO / "bench" / "results" / "fidelity.json"
     fidelity = json.loads(fidelity_path.read_text()) if fidelity_path.exists() else {}
-    out: dict[str, Any] = {"proxy_kendall_tau": {m: f["kendall_tau"]["distill_0"] for m, f in fidelity.items()}}
+    # the tau of the proxy the model's searches use (their per-episode distillation steps)
+    used = {run["model"]: run.get("distill", 0) for run in runs}
+    taus = {m: f["kendall_tau"].get(f"distill_{used.get(m, 0)}") for m, f in fidelity.items()}
+    out: dict[str, Any] = {"proxy_kendall_tau": {m: t for m, t in taus.items() if t is not None}}
     curves: dict[tuple[str, str], dict[str, list[list[float]]]] = {}
     for run in runs:
         loaded = load(run)
