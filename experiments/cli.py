@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from experiments import compress, deploy, hardware, report, search, sweep, train
 from experiments.options import add_options, from_args
@@ -40,32 +39,11 @@ DEMO_FINETUNE_STEPS = 300
 
 
 def _demo(args: argparse.Namespace) -> None:
-    """The built-in demo config, resumed when its run directory exists (a finished demo only reprints its summary).
+    """``galen compress``'s flow on the built-in demo config (a re-run continues, or reprints a finished demo).
 
-    After the search, the best policy gets a short fine-tune (``DEMO_FINETUNE_STEPS`` batches of 128 with simulated
-    quantization, every core) and its test accuracy before and after is printed next to the uncompressed model's.
+    The best policy gets a short fine-tune: ``DEMO_FINETUNE_STEPS`` batches of 128 with simulated quantization.
     """
-    import os
-
-    import torch
-
-    from experiments.deploy import finetune_policy
-    from experiments.results import read_json
-
-    config = search.config_from_args(args)
-    summary = search.main(config, resume=True, progress=args.progress, report=args.report, summary=args.summary)
-    if not summary:
-        return
-    torch.set_num_threads(os.cpu_count() or 1)  # the search limits torch to one thread for RLlib; the fine-tune uses all
-    done = read_json(Path(config.run_dir) / "finetune" / "finetune.json")
-    result = done or finetune_policy(config.run_dir, steps=DEMO_FINETUNE_STEPS)
-    base, before, after = summary["baseline"]["test_accuracy"], result["before"]["test_accuracy"], result["test_accuracy"]
-    met = "meets" if summary["within_budget"] else "does NOT meet"
-    print(
-        f"demo: the best policy {met} the {100 * summary['target_ratio']:.0f}% latency budget "
-        f"({100 * result['latency_ratio']:.1f}% re-measured); test accuracy {100 * before:.2f}% -> {100 * after:.2f}% after "
-        f"{DEMO_FINETUNE_STEPS} fine-tune steps; uncompressed {100 * base:.2f}% ({100 * (after - base):+.2f} points)"
-    )
+    compress.run_flow(search.config_from_args(args), finetune_steps=DEMO_FINETUNE_STEPS, resume=True, progress=args.progress)
 
 
 def _list_models(args: argparse.Namespace) -> None:
@@ -115,11 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo",
         help="the embedded default: SAC compresses ResNet-20 (Fashion-MNIST) to 60%% latency on this CPU",
-        description="Run the embedded default search (experiments/configs/demo.yaml): ResNet-20 on Fashion-MNIST (trained "
-        "and stored on first run), the joint pruning + int8 environment with the action wall, SAC, target local-cpu at a 60% "
-        "latency budget (refused at once if this CPU cannot reach it). Prints baseline vs best policy, fine-tunes the best "
-        f"policy for {DEMO_FINETUNE_STEPS} steps and prints its test accuracy before and after; writes the report and Pareto "
-        "plot under runs/demo. Re-running continues or re-reports the same run.",
+        description="galen compress on the embedded default (experiments/configs/demo.yaml): ResNet-20 on Fashion-MNIST "
+        "(trained and stored on first run), the joint pruning + int8 environment with the action wall, SAC, target local-cpu "
+        "at a 60% latency budget (refused at once if this CPU cannot reach it). Prints the model's accuracy, baseline vs best "
+        f"policy, fine-tunes the best policy for {DEMO_FINETUNE_STEPS} steps and prints uncompressed vs compressed test "
+        "accuracy, latency and size; writes runs/demo/model.onnx, policy.json and the report with its Pareto plot. "
+        "Re-running continues or re-reports the same run.",
     )
     search.build_parser(p)
     p.set_defaults(handler=_demo)

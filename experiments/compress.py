@@ -161,10 +161,7 @@ def default_episodes(units: int) -> int:
 
 
 def main(cfg: CompressConfig) -> dict[str, Any]:
-    from experiments import search
-    from experiments.deploy import finetune_policy
-    from experiments.results import make_env, test_accuracy
-
+    """``galen compress``: the flags (checked first, each error naming its flag) to a search config, then the flow."""
     if cfg.finetune_epochs < 1:
         raise ValueError(f"galen compress: --finetune-epochs is {cfg.finetune_epochs}; allowed: an integer >= 1")
     if cfg.finetune_steps is not None and cfg.finetune_steps < 1:
@@ -181,11 +178,44 @@ def main(cfg: CompressConfig) -> dict[str, Any]:
         ratio, ms = (None, None) if cfg.config else (0.5, None)
     model_name = cfg.model or "model"
     out = Path(cfg.out or f"runs/compress-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model_name)}").resolve()
-    state_path = out / "compress.json"
-    state = read_json(state_path) or {}
+    state = read_json(out / "compress.json") or {}
     # a budget in ms becomes a ratio once the uncompressed model is timed; a re-run with the same budget keeps that ratio
     known = state.get("target_ratio") if ms is not None and state.get("budget") == cfg.budget else None
     config = search_config(cfg, out, ratio or known or (1.0 if ms is not None else None))
+    episodes_given = cfg.episodes is not None or bool(cfg.config and "episodes" in (yaml.safe_load(Path(cfg.config).read_text()) or {}))
+    return run_flow(
+        config,
+        budget=cfg.budget,
+        budget_ms=None if known else ms,
+        episodes_given=episodes_given,
+        finetune_epochs=cfg.finetune_epochs,
+        finetune_steps=cfg.finetune_steps,
+        resume=cfg.resume,
+        progress=cfg.progress,
+    )
+
+
+def run_flow(
+    config: SearchConfig,
+    *,
+    budget: str | None = None,
+    budget_ms: float | None = None,
+    episodes_given: bool = True,
+    finetune_epochs: int = 1,
+    finetune_steps: int | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The five steps on a search config (``galen compress`` builds it from the flags; ``galen demo`` is the built-in
+    one); the run directory is ``config.run_dir``. ``budget_ms``: a latency to turn into ``env.target_ratio`` once the
+    uncompressed model is timed; ``episodes_given=False``: the episode count follows the model's size."""
+    from experiments import search
+    from experiments.deploy import finetune_policy
+    from experiments.results import make_env, test_accuracy
+
+    out = Path(config.run_dir).resolve()
+    state_path = out / "compress.json"
+    state = read_json(state_path) or {}
     torch.set_num_threads(os.cpu_count() or 1)  # evaluation and base training on every core; the search sets its own
     log.info("[1/5] the given model: %s on %s ...", config.env.model, config.env.dataset)
     env = make_env(config)
@@ -197,37 +227,37 @@ def main(cfg: CompressConfig) -> dict[str, Any]:
         f"{100 * ctx.reference_accuracy:.2f}% ({config.env.val_size} images); weights: {ctx.meta.get('path')}{sha}",
         flush=True,
     )
-    if ms is not None and known is None:
+    if budget_ms is not None:
         reference = ctx.reference_ms
-        if ms > reference:
+        if budget_ms > reference:
             raise ValueError(
-                f"galen compress: --budget {cfg.budget} is above the uncompressed model's latency on {config.env.target} "
+                f"galen compress: --budget {budget} is above the uncompressed model's latency on {config.env.target} "
                 f"({reference:.3f} ms); allowed: up to {reference:.3f}ms, or a fraction in (0, 1]"
             )
-        known = ms / reference
-        log.info("--budget %s: %.1f%% of the uncompressed model's %.3f ms", cfg.budget, 100 * known, reference)
-    ratio = known or ratio or config.env.target_ratio
-    config = config.replace(**{"env.target_ratio": ratio})
-    if cfg.episodes is None and not (cfg.config and "episodes" in (yaml.safe_load(Path(cfg.config).read_text()) or {})):
+        config = config.replace(**{"env.target_ratio": budget_ms / reference})
+        log.info("--budget %s: %.1f%% of the uncompressed model's %.3f ms", budget, 100 * config.env.target_ratio, reference)
+    ratio = config.env.target_ratio
+    if not episodes_given:
         config = config.replace(episodes=default_episodes(len(env.units)))
-    state.update(budget=cfg.budget, target_ratio=ratio, given_test_accuracy=base_test, model=config.env.model, status="running")
+    state.update(budget=budget, target_ratio=ratio, given_test_accuracy=base_test, model=config.env.model, status="running")
     state.update(weights=ctx.meta.get("path"), weights_sha256=ctx.meta.get("sha256"), frozen=_frozen(env))
     out.mkdir(parents=True, exist_ok=True)
     write_json(state_path, state)
     for name, reason in state["frozen"].items():
         log.warning("frozen (not pruned, still quantizable): %s: %s", name, reason)
-    resume = cfg.resume or (out / "config.yaml").exists()
+    resume = resume or (out / "config.yaml").exists()
     log.info("[2/5] feasible range and [3/5] search: %d episodes of %s at %.1f%% latency", config.episodes, config.agent.algo, 100 * ratio)
     try:
-        summary = search.main(config, resume=resume, progress=cfg.progress, report=True, summary=True)
+        summary = search.main(config, resume=resume, progress=progress, report=True, summary=True)
     except search.BudgetError as error:  # the budget is the flag's
-        raise search.BudgetError(f"galen compress: --budget {cfg.budget}: {error}".replace("env.target_ratio", "the budget")) from None
+        label = f"--budget {budget}" if budget else "env.target_ratio"
+        raise search.BudgetError(f"galen compress: {label}: {error}".replace("env.target_ratio is", "the budget is")) from None
     log.info("[4/5] fine-tune of the best policy (episode %d)", summary["best"]["episode"])
     torch.set_num_threads(os.cpu_count() or 1)  # the search limits torch to one thread for RLlib; the fine-tune uses all
     done = read_json(out / "finetune" / "finetune.json")
-    wanted = {"steps": cfg.finetune_steps} if cfg.finetune_steps else {"epochs": cfg.finetune_epochs}
+    wanted = {"steps": finetune_steps} if finetune_steps else {"epochs": finetune_epochs}
     same = done and done.get("episode") == summary["best"]["episode"] and all(done.get(k) == v for k, v in wanted.items())
-    result = done if same else finetune_policy(str(out), epochs=cfg.finetune_epochs, steps=cfg.finetune_steps)
+    result = done if same else finetune_policy(str(out), epochs=finetune_epochs, steps=finetune_steps)
     log.info("[5/5] export")
     for name in ("model.onnx", "policy.json"):
         shutil.copyfile(out / "finetune" / name, out / f".{name}.tmp")
@@ -273,6 +303,7 @@ def format_table(state: dict[str, Any], config: SearchConfig) -> str:
             f"{c['latency_ms']:.3f} ms ({100 * c['latency_ratio']:.1f}%; {budget})",
         ),
         ("size", f"{u['artifact_bytes'] / 1024:.0f} KiB", f"{c['artifact_bytes'] / 1024:.0f} KiB"),
+        ("accuracy change", "", f"{100 * (c['test_accuracy'] - u['test_accuracy']):+.2f} points"),
     ]
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     lines = [f"{a:<{w0}}  {b:<{w1}}  {x}" for a, b, x in rows]

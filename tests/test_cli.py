@@ -11,7 +11,10 @@ from experiments import cli
 from experiments.train import TrainConfig, main
 
 GALEN = shutil.which("galen", path=str(Path(sys.executable).parent))
-SUBCOMMANDS = ["train", "demo", "search", "sweep", "report", "export", "finetune", "models", "datasets", "checkpoints", "hardware"]
+SUBCOMMANDS = [
+    *("train", "demo", "compress", "search", "sweep", "report", "export", "finetune"),
+    *("models", "datasets", "checkpoints", "hardware"),
+]
 
 
 @pytest.mark.parametrize("command", [[], *([c] for c in SUBCOMMANDS)])
