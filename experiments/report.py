@@ -187,6 +187,16 @@ def markdown(runs: list[dict[str, Any]], top: int = 10) -> str:
             ),
             "",
         ]
+    frozen = (s or {}).get("frozen") or {}
+    if frozen:
+        lines += [
+            "## Frozen pruning groups",
+            "",
+            "Not pruned (their layers are still quantizable): Torch-Pruning does not prune them correctly in this model.",
+            "",
+            *(f"- `{name}`: {reason}" for name, reason in frozen.items()),
+            "",
+        ]
     within = sorted((e for e in main["episodes"] if e["within_budget"]), key=lambda e: -e["accuracy"])[:top]
     lines += [f"## Best policies within budget (top {top})", "", HEADER, *(_row(e) for e in within)]
     if not within:

@@ -72,6 +72,7 @@ def summarize(env: CompressionEnv, best: dict[str, Any], episodes: list[dict[str
         "target_ratio": best["target_ratio"],
         "objective": best["objective"],
         "lowest_cost_ratio": min((e["cost_ratio"] for e in episodes), default=None) if episodes else None,
+        "frozen": dict(env.ctx.structure.frozen),  # pruning groups left unpruned (compression.pruning.freeze_unprunable)
     }
 
 
