@@ -31,7 +31,7 @@ import yaml
 from agents.config import ALGOS
 from envs.config import ConfigError
 from experiments.config import SearchConfig, merge
-from experiments.options import add_options, from_args, option
+from experiments.options import add_options, option
 from experiments.results import read_json, write_json
 
 log = logging.getLogger("galen.compress")
@@ -117,9 +117,7 @@ def search_config(cfg: CompressConfig, out: Path, ratio: float | None) -> Search
     """The search this compression runs: the built-in demo's settings, then ``--config``, then the flags."""
     from experiments.config import builtin_config
 
-    base = yaml.safe_load(Path(cfg.config).read_text()) if cfg.config else yaml.safe_load(builtin_config("demo").read_text())
-    if cfg.config and not isinstance(base, dict):
-        raise ValueError(f"galen compress: --config {cfg.config} is not a mapping of search config fields")
+    base = _config_yaml(cfg) if cfg.config else yaml.safe_load(builtin_config("demo").read_text())
     if not cfg.config:
         base["workload"]["base_epochs"] = 5
     dataset, data_dir = cfg.dataset, cfg.data_dir
@@ -154,6 +152,14 @@ def search_config(cfg: CompressConfig, out: Path, ratio: float | None) -> Search
         raise flag_error(error) from None
 
 
+def _config_yaml(cfg: CompressConfig) -> dict[str, Any]:
+    """``--config``'s fields (a file that is not a mapping of them is an error naming the flag)."""
+    data = yaml.safe_load(Path(cfg.config).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"galen compress: --config {cfg.config} is not a mapping of search config fields")
+    return data
+
+
 def default_episodes(units: int) -> int:
     """60 episodes for up to ``SMALL_MODEL_UNITS`` decisions (the demo: every episode within budget, the agent's
     accuracy rising), 80 beyond (the search benchmark's runs on ResNet-20 and ResNet-56)."""
@@ -182,7 +188,7 @@ def main(cfg: CompressConfig) -> dict[str, Any]:
     # a budget in ms becomes a ratio once the uncompressed model is timed; a re-run with the same budget keeps that ratio
     known = state.get("target_ratio") if ms is not None and state.get("budget") == cfg.budget else None
     config = search_config(cfg, out, ratio or known or (1.0 if ms is not None else None))
-    episodes_given = cfg.episodes is not None or bool(cfg.config and "episodes" in (yaml.safe_load(Path(cfg.config).read_text()) or {}))
+    episodes_given = cfg.episodes is not None or bool(cfg.config and "episodes" in _config_yaml(cfg))
     return run_flow(
         config,
         budget=cfg.budget,
@@ -240,7 +246,7 @@ def run_flow(
     if not episodes_given:
         config = config.replace(episodes=default_episodes(len(env.units)))
     state.update(budget=budget, target_ratio=ratio, given_test_accuracy=base_test, model=config.env.model, status="running")
-    state.update(weights=ctx.meta.get("path"), weights_sha256=ctx.meta.get("sha256"), frozen=_frozen(env))
+    state.update(weights=ctx.meta.get("path"), weights_sha256=ctx.meta.get("sha256"), frozen=dict(ctx.structure.frozen))
     out.mkdir(parents=True, exist_ok=True)
     write_json(state_path, state)
     for name, reason in state["frozen"].items():
@@ -285,10 +291,6 @@ def run_flow(
     return state
 
 
-def _frozen(env: Any) -> dict[str, str]:
-    return dict(getattr(env.ctx.structure, "frozen", {}) or {})
-
-
 def format_table(state: dict[str, Any], config: SearchConfig) -> str:
     u, c = state["uncompressed"], state["compressed"]
     met = "met" if state["within_budget"] else "NOT met"
@@ -329,6 +331,3 @@ def run(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(run())
-
-
-__all__ = ["CompressConfig", "build_parser", "from_args", "main", "parse_budget"]
