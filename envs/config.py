@@ -6,12 +6,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from workloads.datasets.preprocess import Preprocessing, PreprocessingError
+
 KINDS = ("prune", "quantize", "joint")
 OBJECTIVES = ("latency", "macs", "bops", "bytes")
 REWARDS = ("accuracy", "galen", "constrained-soft", "constrained-hard", "amc")
 LATENCY_SOURCES = ("measure", "predict")
 WALL_MODES = ("paced", "relative", "clamp")
 PRECISION_ALIGN = ("layer", "block", "stage")
+PREPROCESSING_FIELDS = ("input_size", "pad", "mean", "std", "normalize", "transform")
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,13 @@ class EnvConfig:
     data_dir: str | None = None
     checkpoint: str | None = None  # a checkpoint directory; None: the store's entry for (model, dataset, base_epochs, seed)
     weights: str | None = None  # the user's trained weights: a state-dict file (torch.save(model.state_dict())), not the store
+    # the inputs the user's model expects (with weights only; None / true: the dataset's own; see workloads.datasets.preprocess)
+    input_size: int | None = None  # side of the square images the model sees
+    pad: int | None = None  # zero border in pixels inside input_size (Fashion-MNIST's own: 2, 28x28 -> 32x32)
+    mean: tuple[float, ...] | None = None  # per channel (or one for all), in [0, 1] units
+    std: tuple[float, ...] | None = None
+    normalize: bool = True  # false: pixels in [0, 1]
+    transform: str | None = None  # package.module:callable on each [0, 1] batch (B, C, H, W), instead of mean/std
     base_epochs: int = 5  # recipe epochs of the store entry used when checkpoint is None
     train_base: bool = False  # train and store the base model when the store lacks it (else: an error)
     target: str = "local-cpu"
@@ -107,6 +117,25 @@ class EnvConfig:
         for name in ("weights", "checkpoint"):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), str) or not getattr(self, name)):
                 raise EnvConfigError("env config", name, getattr(self, name), "a path (a non-empty string) or null")
+        for name in ("mean", "std"):  # YAML lists (or one number) -> tuples, so that the config stays hashable
+            value = getattr(self, name)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                object.__setattr__(self, name, (float(value),))
+            elif isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        try:
+            pre = self.preprocessing
+        except PreprocessingError as error:
+            raise EnvConfigError("env config", error.field, error.value, error.allowed) from None
+        if not pre.is_default and self.weights is None:
+            changed = [f for f in PREPROCESSING_FIELDS if getattr(self, f) != getattr(Preprocessing(), f)]
+            raise EnvConfigError(
+                "env config",
+                changed[0],
+                getattr(self, changed[0]),
+                "the dataset's own (null) unless the model is your own (the weights field): the stored base models "
+                "were trained on each dataset's own inputs",
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EnvConfig:
@@ -117,10 +146,30 @@ class EnvConfig:
             raise EnvConfigError("env config", unknown[0], data[unknown[0]], ", ".join(sorted(known)), unknown=True)
         return cls(**data)
 
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The inputs the model expects (raises PreprocessingError for values that do not go together)."""
+        return Preprocessing(**{f: getattr(self, f) for f in PREPROCESSING_FIELDS})
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for name in ("mean", "std"):  # lists, for YAML
+            if data[name] is not None:
+                data[name] = list(data[name])
+        return data
 
     def context_key(self) -> tuple:
         """What the shared, expensive part of an env depends on (not the kind, reward or budget)."""
-        fields = ("model", "dataset", "data_dir", "checkpoint", "weights", "base_epochs", "target", "val_size", "seed")
+        fields = (
+            "model",
+            "dataset",
+            "data_dir",
+            "checkpoint",
+            "weights",
+            *PREPROCESSING_FIELDS,
+            "base_epochs",
+            "target",
+            "val_size",
+            "seed",
+        )
         return tuple(getattr(self, f) for f in fields) + (self.sensitivity_images, self.calibration_images, self.objective)

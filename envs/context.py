@@ -75,7 +75,9 @@ def every_core() -> Iterator[None]:
 
 def _load_base(config: EnvConfig) -> tuple[nn.Module, DataSplits, dict[str, Any]]:
     if config.weights is not None:  # the user's own trained weights: nothing trained, nothing from the store
-        data = load_dataset(config.dataset, config.data_dir, val_size=Recipe().val_size, seed=config.seed)
+        data = load_dataset(
+            config.dataset, config.data_dir, val_size=Recipe().val_size, seed=config.seed, preprocessing=config.preprocessing
+        )
         model = build_model(config.model, data.in_channels, data.num_classes)
         meta = load_weights(config.weights, model)
         return model.eval(), data, {**meta, "model": config.model, "dataset": config.dataset, "path": meta["weights"]}

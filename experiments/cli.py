@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         if args.verbose:
             raise
-        print(f"galen {args.command}: error: {error}", file=sys.stderr)
+        message = str(error).removeprefix(f"galen {args.command}: ")  # messages that name the command say it once
+        print(f"galen {args.command}: error: {message}", file=sys.stderr)
         return 1
     return 0
 

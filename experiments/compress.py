@@ -43,6 +43,12 @@ FLAGS = {
     "workload.dataset": "--dataset",
     "workload.data_dir": "--data-dir",
     "workload.base_epochs": "--base-epochs",
+    "workload.input_size": "--input-size",
+    "workload.pad": "--pad",
+    "workload.mean": "--mean",
+    "workload.std": "--std",
+    "workload.normalize": "--normalize",
+    "workload.transform": "--transform",
     "env.target": "--target",
     "env.target_ratio": "--budget",
     "episodes": "--episodes",
@@ -65,6 +71,18 @@ class CompressConfig:
         None, "registered dataset, or a directory of images (train/<class>/*, test/<class>/*)", shown_default="fashion-mnist"
     )
     data_dir: str | None = option(None, "directory holding the dataset's files", shown_default="system installs, then a download")
+    input_size: int | None = option(None, "side of the square images your model expects (resized to it)", shown_default="the dataset's own")
+    pad: int | None = option(
+        None, "zero border in pixels, inside --input-size", shown_default="the dataset's own: 2 for Fashion-MNIST/MNIST (28 -> 32), else 0"
+    )
+    mean: str | None = option(
+        None, "normalisation mean per channel, in [0, 1] units (0.485,0.456,0.406)", shown_default="the dataset's own"
+    )
+    std: str | None = option(None, "normalisation std per channel (0.229,0.224,0.225)", shown_default="the dataset's own")
+    normalize: bool | None = option(None, "--no-normalize: your model sees pixels in [0, 1]", shown_default="normalised")
+    transform: str | None = option(
+        None, "package.module:callable turning each [0, 1] batch (B, C, H, W) into your model's input, instead of --mean/--std"
+    )
     target: str | None = option(None, "hardware target (galen hardware list)", shown_default="local-cpu")
     budget: str | None = option(
         None, "latency budget: a fraction of the uncompressed model's latency (0.5) or milliseconds (2.5ms)", shown_default="0.5"
@@ -132,6 +150,12 @@ def search_config(cfg: CompressConfig, out: Path, ratio: float | None) -> Search
         "workload.dataset": dataset,
         "workload.data_dir": data_dir,
         "workload.base_epochs": cfg.base_epochs,
+        "workload.input_size": cfg.input_size,
+        "workload.pad": cfg.pad,
+        "workload.mean": None if cfg.mean is None else list(_floats(cfg.mean, "--mean")),
+        "workload.std": None if cfg.std is None else list(_floats(cfg.std, "--std")),
+        "workload.normalize": cfg.normalize,
+        "workload.transform": cfg.transform,
         "env.target": cfg.target,
         "agent.algo": cfg.agent,
         "seed": cfg.seed,
@@ -150,6 +174,13 @@ def search_config(cfg: CompressConfig, out: Path, ratio: float | None) -> Search
         return SearchConfig.from_dict(data)
     except ConfigError as error:
         raise flag_error(error) from None
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"galen compress: {flag} is {text!r}; allowed: numbers separated by commas, one per channel (or one)") from None
 
 
 def _config_yaml(cfg: CompressConfig) -> dict[str, Any]:
@@ -230,7 +261,8 @@ def run_flow(
     sha = f" (sha256 {ctx.meta['sha256'][:16]}...)" if ctx.meta.get("sha256") else ""
     print(
         f"given model {config.env.model}: test accuracy {100 * base_test:.2f}% ({len(ctx.data.test)} images), validation "
-        f"{100 * ctx.reference_accuracy:.2f}% ({config.env.val_size} images); weights: {ctx.meta.get('path')}{sha}",
+        f"{100 * ctx.reference_accuracy:.2f}% ({config.env.val_size} images); weights: {ctx.meta.get('path')}{sha}; "
+        f"inputs {'x'.join(map(str, ctx.example.shape[1:]))} ({config.env.preprocessing.describe()})",
         flush=True,
     )
     if budget_ms is not None:
@@ -247,6 +279,7 @@ def run_flow(
         config = config.replace(episodes=default_episodes(len(env.units)))
     state.update(budget=budget, target_ratio=ratio, given_test_accuracy=base_test, model=config.env.model, status="running")
     state.update(weights=ctx.meta.get("path"), weights_sha256=ctx.meta.get("sha256"), frozen=dict(ctx.structure.frozen))
+    state.update(input_shape=list(ctx.example.shape[1:]), preprocessing=config.env.preprocessing.describe())
     out.mkdir(parents=True, exist_ok=True)
     write_json(state_path, state)
     for name, reason in state["frozen"].items():
@@ -310,6 +343,10 @@ def format_table(state: dict[str, Any], config: SearchConfig) -> str:
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
     lines = [f"{a:<{w0}}  {b:<{w1}}  {x}" for a, b, x in rows]
     lines.append(f"artifact: {state['artifact']}\npolicy:   {state['policy']}\nreport:   {state['report']}")
+    if state.get("input_shape"):
+        shape = "x".join(map(str, state["input_shape"]))
+        preprocessing = state.get("preprocessing") or "the dataset's own preprocessing"
+        lines.append(f"the artifact's input: a batch of {shape} ({preprocessing})")
     if state.get("frozen"):
         where = Path(state["artifact"]).parent / "compress.json"
         lines.append(f"frozen (not pruned, still quantizable): {', '.join(state['frozen'])} (the reasons: {where})")

@@ -7,6 +7,7 @@ episodes: 60                    # episodes in all (a resumed run continues up to
 seed: 0
 workload: {model: resnet20, dataset: fashion-mnist, checkpoint: null, base_epochs: 2, train_base: true}
 # or your own trained model: workload: {model: mypkg.nets:build, dataset: /data/images, weights: model.pt}
+# with its own inputs: input_size: 28, pad: 0, normalize: false (or mean: [..], std: [..], or transform: mypkg.prep:fn)
 env: {kind: joint, target: local-cpu, objective: latency, target_ratio: 0.25, reward: galen}
 agent: {algo: sac, warmup_episodes: 10}
 wandb: {project: null}          # a project name turns W&B logging on (offline unless WANDB_API_KEY is set)
@@ -27,10 +28,10 @@ from typing import Any
 import yaml
 
 from agents.config import AgentConfig
-from envs.config import ConfigError, EnvConfig
+from envs.config import PREPROCESSING_FIELDS, ConfigError, EnvConfig
 
 WHERE = "search config"
-WORKLOAD_FIELDS = ("model", "dataset", "data_dir", "checkpoint", "weights", "base_epochs", "train_base")
+WORKLOAD_FIELDS = ("model", "dataset", "data_dir", "checkpoint", "weights", *PREPROCESSING_FIELDS, "base_epochs", "train_base")
 ENV_FIELDS = tuple(f.name for f in dataclasses.fields(EnvConfig) if f.name not in (*WORKLOAD_FIELDS, "seed"))
 WANDB_FIELDS = ("project", "entity", "mode", "group")
 TOP_FIELDS = ("name", "run_dir", "episodes", "seed", "checkpoint_every", "workload", "env", "agent", "wandb")

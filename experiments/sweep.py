@@ -60,7 +60,7 @@ def param_space(algo: str, params: str | None) -> dict[str, Any]:
     space = {}
     for name in names:
         if name not in spaces:
-            raise ConfigError("sweep", "params", name, ", ".join(spaces))
+            raise ValueError(f"galen sweep: --params names {name!r}; allowed: comma-separated fields among {', '.join(spaces)}")
         kind, *args = spaces[name]
         space[name] = {"loguniform": tune.loguniform, "uniform": tune.uniform}[kind](*args) if kind != "choice" else tune.choice(list(args))
     return space
@@ -106,6 +106,17 @@ def main(sweep: SweepConfig) -> Any:
 
     from experiments.config import builtin_config
 
+    checks = {
+        "trials": (sweep.trials >= 1, "an integer >= 1"),
+        "max_concurrent": (sweep.max_concurrent >= 1, "an integer >= 1"),
+        "grace_period": (sweep.grace_period >= 1, "an integer >= 1"),
+        "reduction_factor": (sweep.reduction_factor >= 2, "an integer >= 2"),
+        "episodes": (sweep.episodes is None or sweep.episodes >= 1, "an integer >= 1"),
+        "env_runners": (sweep.env_runners is None or sweep.env_runners >= 0, "an integer >= 0"),
+    }
+    for name, (ok, allowed) in checks.items():
+        if not ok:
+            raise ValueError(f"galen sweep: --{name.replace('_', '-')} is {getattr(sweep, name)}; allowed: {allowed}")
     torch.set_num_threads(1)
     base_config = SearchConfig.from_yaml(sweep.config or builtin_config("demo"))
     changes: dict[str, Any] = {}

@@ -15,7 +15,8 @@ from experiments.options import add_options, from_args, option
 from workloads.base import obtain_base_model
 from workloads.checkpoints import CheckpointStore
 from workloads.datasets import dataset_names
-from workloads.training import Recipe
+from workloads.datasets.splits import SplitSizeError
+from workloads.training import Recipe, RecipeError
 
 log = logging.getLogger("galen.train")
 
@@ -51,17 +52,28 @@ class TrainConfig:
 
 def main(config: TrainConfig) -> dict[str, Any]:
     """Train (and evaluate) or reuse the base model; print and return a summary."""
+    try:
+        recipe = config.recipe()
+    except RecipeError as error:  # the flag the user wrote, not the recipe's field
+        raise ValueError(f"galen train: --{error.field.replace('_', '-')} is {error.value!r}; allowed: {error.allowed}") from None
+    if config.threads < 0:
+        raise ValueError(f"galen train: --threads is {config.threads}; allowed: an integer >= 0 (0: one per core)")
     # Deliberate: torch's default may over-subscribe a shared box; one thread per core measured fastest here.
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    base = obtain_base_model(
-        config.model,
-        config.dataset,
-        config.recipe(),
-        config.seed,
-        store=CheckpointStore(config.store),
-        data_dir=config.data_dir,
-        progress=config.progress,
-    )
+    try:
+        base = obtain_base_model(
+            config.model,
+            config.dataset,
+            recipe,
+            config.seed,
+            store=CheckpointStore(config.store),
+            data_dir=config.data_dir,
+            progress=config.progress,
+        )
+    except SplitSizeError as error:
+        raise ValueError(
+            f"galen train: --val-size is {error.val_size}; allowed: an integer in [0, {error.available}) for {config.dataset}"
+        ) from None
     # The store's metadata holds the accuracies measured right after training; its weights are hash-verified.
     meta = base.meta
     summary = {

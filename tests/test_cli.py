@@ -73,6 +73,25 @@ def test_bad_model_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFix
     )
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--val-size", "70000"], "galen train: error: --val-size is 70000; allowed: an integer in [0, 60000) for fashion-mnist"),
+        (["train", "--epochs", "0"], "galen train: error: --epochs is 0; allowed: an integer >= 1"),
+        (["train", "--train-limit", "0"], "galen train: error: --train-limit is 0; allowed: an integer >= 1, or none for all images"),
+        (["sweep", "--trials", "0"], "galen sweep: error: --trials is 0; allowed: an integer >= 1"),
+        (["sweep", "--params", "lr,nope"], "galen sweep: error: --params names 'nope'; allowed: comma-separated fields among lr, "),
+    ],
+)
+def test_flag_errors_name_the_flag_the_user_wrote(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ["--store", str(tmp_path)] if argv[0] == "train" else ["--storage", str(tmp_path)]
+    assert cli.main([*argv, *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1, err
+
+
 def test_bad_dataset_choice_is_rejected_by_the_parser() -> None:
     result = subprocess.run([GALEN, "train", "--dataset", "svhn"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

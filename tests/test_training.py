@@ -26,7 +26,7 @@ def test_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 def test_recipe_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match=r"recipe field 'epochs' has invalid value 0"):
+    with pytest.raises(ValueError, match=r"recipe field 'epochs' is 0; allowed: an integer >= 1"):
         Recipe(epochs=0)
 
 

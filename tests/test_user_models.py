@@ -121,16 +121,38 @@ def test_weights_that_do_not_fit_or_hold_pickled_code_are_refused_with_one_line(
         JointEnv({"model": "user_models:NoLayers", "weights": str(empty), "objective": "macs", **SMALL})
 
 
+def test_the_users_preprocessing_is_what_the_model_is_scored_with(tmp_path: Path, trained_resnet20) -> None:
+    # weights trained (by us) on Fashion-MNIST padded to 32x32 and normalised with its mean/std: the same preprocessing
+    # spelled out scores the same, none at all (pixels in [0, 1]) or no padding (28x28) scores lower
+    weights = tmp_path / "resnet20.pt"
+    torch.save(trained_resnet20.model.state_dict(), weights)
+    common = {"model": "resnet20", "weights": str(weights), "objective": "macs", **SMALL, "val_size": 1000}
+    own = JointEnv(common).ctx
+    spelled = JointEnv({**common, "mean": [0.2860], "std": [0.3530], "pad": 2, "input_size": 32}).ctx
+    raw = JointEnv({**common, "normalize": False}).ctx
+    unpadded = JointEnv({**common, "pad": 0}).ctx
+    assert spelled.reference_accuracy == own.reference_accuracy > 0.7
+    assert raw.reference_accuracy < own.reference_accuracy - 0.1, (raw.reference_accuracy, own.reference_accuracy)
+    assert tuple(unpadded.example.shape) == (1, 1, 28, 28) and tuple(unpadded.structure.input_shape) == (1, 1, 28, 28)
+    assert unpadded.reference_accuracy != own.reference_accuracy
+
+
 def test_galen_compress_from_user_weights_to_an_artifact_and_a_rerun_continues(tmp_path: Path, fmnist, capsys) -> None:
     weights = _weights(tmp_path, "ShuffleNet")
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({"env": {"objective": "bops", **SMALL}, "agent": {"algo": "random"}}))
     out = tmp_path / "out"
     argv = ["compress", "--model", "user_models:ShuffleNet", "--weights", str(weights), "--config", str(config), "--budget", "0.7",
-            "--episodes", "3", "--finetune-steps", "2", "--out", str(out), "--no-progress"]  # fmt: skip
+            "--episodes", "3", "--finetune-steps", "2", "--out", str(out), "--no-progress",
+            "--pad", "0", "--no-normalize"]  # fmt: skip  # a model trained elsewhere on raw 28x28 pixels
     assert cli_main(argv) == 0
     text = capsys.readouterr().out
     assert "given model user_models:ShuffleNet: test accuracy" in text and "(sha256 " in text
+    assert "inputs 1x28x28 (pad=0, normalize=False)" in text and "the artifact's input: a batch of 1x28x28" in text
+    import onnx
+
+    dims = onnx.load(str(out / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims][1:] == [1, 28, 28]
     for row in ("test accuracy", "latency on local-cpu", "size", "artifact:", "frozen (not pruned, still quantizable): stem.0, g1.0"):
         assert row in text, row
     state = json.loads((out / "compress.json").read_text())
@@ -158,9 +180,13 @@ def test_galen_compress_from_user_weights_to_an_artifact_and_a_rerun_continues(t
         (["--weights", "/nonexistent/model.pt", "--model", "user_models:SepNet"], r"--weights /nonexistent/model.pt: no such file"),
         (["--target", "tpu-v9"], r"unknown hardware target 'tpu-v9'"),
         (["--dataset", "/nonexistent/images"], r"--dataset /nonexistent/images: no such directory"),
+        (["--pad", "0"], r"--pad \(workload.pad\) is 0; allowed: the dataset's own \(null\) unless the model is your own"),
+        (["--mean", "0.5,x"], r"--mean is '0.5,x'; allowed: numbers separated by commas"),
+        (["--weights", "{w}", "--mean", "0.5"], r"--std \(workload.std\) is None; allowed: given with the other of mean and std"),
     ],
 )
 def test_compress_errors_name_the_flag(argv: list[str], message: str, tmp_path: Path, capsys) -> None:
+    argv = [str(_weights(tmp_path, "SepNet")) if a == "{w}" else a for a in argv]
     assert cli_main(["compress", "--out", str(tmp_path / "out"), *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("galen compress: error: ") and len(err.strip().splitlines()) == 1, err

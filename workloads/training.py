@@ -8,12 +8,21 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from workloads.datasets import DataSplits
+
+
+class RecipeError(ValueError):
+    """A recipe value that is not allowed: ``field`` is ``value``; ``allowed`` says what would do."""
+
+    def __init__(self, name: str, value: Any, allowed: str) -> None:
+        self.field, self.value, self.allowed = name, value, allowed
+        super().__init__(f"recipe field {name!r} is {value!r}; allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -43,16 +52,17 @@ class Recipe:
 
     def __post_init__(self) -> None:
         checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "val_size": self.val_size >= 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "train_limit": self.train_limit is None or self.train_limit >= 1,
+            "epochs": (self.epochs >= 1, "an integer >= 1"),
+            "batch_size": (self.batch_size >= 1, "an integer >= 1"),
+            "lr": (self.lr > 0, "a number > 0"),
+            "weight_decay": (self.weight_decay >= 0, "a number >= 0"),
+            "val_size": (self.val_size >= 0, "an integer >= 0"),
+            "warmup_steps": (self.warmup_steps >= 0, "an integer >= 0"),
+            "train_limit": (self.train_limit is None or self.train_limit >= 1, "an integer >= 1, or none for all images"),
         }
-        for name, ok in checks.items():
+        for name, (ok, allowed) in checks.items():
             if not ok:
-                raise ValueError(f"recipe field {name!r} has invalid value {getattr(self, name)!r}")
+                raise RecipeError(name, getattr(self, name), allowed)
 
     def fingerprint(self) -> str:
         """Short stable hash of the recipe (part of checkpoint names)."""

@@ -29,7 +29,8 @@ class DatasetSpec:
 
     name: str
     in_channels: int
-    image_size: int  # side of the square images the models see
+    image_size: int  # side of the square images the models see by default (the files' side + 2 x pad)
+    pad: int  # zero border added around the files' images by default (MNIST-style 28x28 -> 32x32)
     mean: tuple[float, ...] | None  # per channel, in [0, 1] units; None: computed from the training split
     std: tuple[float, ...] | None
     hflip: bool  # horizontal flips preserve the label (not for digits)
@@ -58,10 +59,9 @@ def _read_idx_dataset(classes: tuple[str, ...]) -> Callable[[Path], RawDataset]:
             raise DatasetFormatError(
                 f"{directory}: {len(tr_x)} training images but {len(tr_y)} labels, or {len(te_x)} test images but {len(te_y)} labels"
             )
-        # 28x28 -> 32x32 with a 2-pixel zero border (the background is 0), as LeNet-5 did, so that
-        # every CIFAR-style model (five 2x poolings in VGG) runs unchanged.
-        pad = ((0, 0), (0, 0), (2, 2), (2, 2))
-        return RawDataset(np.pad(tr_x[:, None], pad), tr_y.astype(np.int64), np.pad(te_x[:, None], pad), te_y.astype(np.int64), classes)
+        # 28x28 as in the files; load_dataset adds the spec's 2-pixel zero border by default (32x32, as LeNet-5
+        # did, so that every CIFAR-style model, with five 2x poolings in VGG, runs unchanged)
+        return RawDataset(tr_x[:, None], tr_y.astype(np.int64), te_x[:, None], te_y.astype(np.int64), classes)
 
     return read
 
@@ -72,13 +72,13 @@ def _read_cifar10(directory: Path) -> RawDataset:
     return RawDataset(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), test_x, test_y, CIFAR10_CLASSES)
 
 
-def _read_image_folder(directory: Path) -> RawDataset:
-    """``<dir>/train/<class>/*`` and ``<dir>/test/<class>/*`` (or ``val/``), RGB, resized to 32x32."""
+def _read_image_folder(directory: Path, size: int = 32) -> RawDataset:
+    """``<dir>/train/<class>/*`` and ``<dir>/test/<class>/*`` (or ``val/``), RGB, resized to ``size`` x ``size``."""
     test_dir = next((directory / n for n in ("test", "val") if (directory / n).is_dir()), None)
     if not (directory / "train").is_dir() or test_dir is None:
         raise FileNotFoundError(2, "expected train/ and test/ (or val/) sub-directories", str(directory / "train"))
-    train_x, train_y, classes = read_image_folder(directory / "train", 32, 3)
-    test_x, test_y, _ = read_image_folder(test_dir, 32, 3, classes)
+    train_x, train_y, classes = read_image_folder(directory / "train", size, 3)
+    test_x, test_y, _ = read_image_folder(test_dir, size, 3, classes)
     return RawDataset(train_x, train_y, test_x, test_y, tuple(classes))
 
 
@@ -87,6 +87,7 @@ DATASETS: dict[str, DatasetSpec] = {
         name="fashion-mnist",
         in_channels=1,
         image_size=32,
+        pad=2,
         mean=(0.2860,),  # Xiao et al. 2017 training-set statistics (28x28)
         std=(0.3530,),
         hflip=True,
@@ -112,6 +113,7 @@ DATASETS: dict[str, DatasetSpec] = {
         name="mnist",
         in_channels=1,
         image_size=32,
+        pad=2,
         mean=(0.1307,),
         std=(0.3081,),
         hflip=False,
@@ -134,6 +136,7 @@ DATASETS: dict[str, DatasetSpec] = {
         name="cifar10",
         in_channels=3,
         image_size=32,
+        pad=0,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
         hflip=True,
@@ -152,6 +155,7 @@ DATASETS: dict[str, DatasetSpec] = {
         name="imagefolder",
         in_channels=3,
         image_size=32,
+        pad=0,
         mean=None,
         std=None,
         hflip=True,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from workloads.datasets.preprocess import Preprocessing, apply_transform
 from workloads.datasets.registry import DatasetSpec
 
 
@@ -43,10 +44,12 @@ class BatchLoader:
         augment: DatasetSpec | None = None,
         seed: int = 0,
         drop_last: bool = False,
+        transform: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.data, self.batch_size, self.shuffle, self.augment, self.drop_last = data, batch_size, shuffle, augment, drop_last
+        self.transform = transform
         self.mean, self.std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -65,6 +68,9 @@ class BatchLoader:
             yield self.normalize(images), self.data.labels[index]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the batch the model sees: scaled to [0, 1], then normalised, or the user's transform."""
+        if self.transform is not None:
+            return apply_transform(self.transform, images.float().div_(255.0))
         return (images.float().div_(255.0) - self.mean) / self.std
 
 
@@ -101,6 +107,7 @@ class DataSplits:
     std: torch.Tensor
     source: str  # where the files were read from
     seed: int
+    preprocessing: Preprocessing = Preprocessing()  # the user's input size, padding, normalisation (default: the dataset's own)
 
     @property
     def num_classes(self) -> int:
@@ -109,6 +116,11 @@ class DataSplits:
     @property
     def in_channels(self) -> int:
         return self.spec.in_channels
+
+    @property
+    def input_side(self) -> int:
+        """Side of the (square) images before any user transform."""
+        return int(self.train.images.shape[-1] if len(self.train) else self.test.images.shape[-1])
 
     def split(self, name: str) -> ImageSet:
         if name not in ("train", "val", "test"):
@@ -139,6 +151,7 @@ class DataSplits:
             augment=self.spec if augment else None,
             seed=self.seed if seed is None else seed,
             drop_last=drop_last,
+            transform=self.preprocessing.transform,
         )
 
     def calibration(self, size: int = 512, seed: int | None = None) -> torch.Tensor:
@@ -148,10 +161,18 @@ class DataSplits:
         return self.loader("train").normalize(self.train.images[index])
 
 
+class SplitSizeError(ValueError):
+    """A validation split that does not fit the training set (``val_size`` of ``available`` images)."""
+
+    def __init__(self, val_size: int, available: int) -> None:
+        self.val_size, self.available = val_size, available
+        super().__init__(f"val_size must be in [0, {available}) for this dataset, got {val_size}")
+
+
 def split_train_val(images: torch.Tensor, labels: torch.Tensor, val_size: int, seed: int) -> tuple[ImageSet, ImageSet]:
     """Deterministic seeded split of the official training set into train and validation."""
     if not 0 <= val_size < len(labels):
-        raise ValueError(f"val_size must be in [0, {len(labels)}) for this dataset, got {val_size}")
+        raise SplitSizeError(val_size, len(labels))
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     train_idx, val_idx = order[val_size:].sort().values, order[:val_size].sort().values
     return ImageSet(images[train_idx], labels[train_idx]), ImageSet(images[val_idx], labels[val_idx])
