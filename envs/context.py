@@ -317,6 +317,8 @@ class EnvContext:
             "dataset": self.config.dataset,
             "seed": self.config.seed,
         }
+        if not self.config.preprocessing.is_default:  # other inputs, other sensitivities (default keys stay as they were)
+            identity["preprocessing"] = self.config.preprocessing.describe()
         precisions = [Precision(b, b) for b in self.weight_options if b < FLOAT_BITS]
         images = self.data.calibration(self.config.sensitivity_images, seed=self.config.seed + 7)
         return cached_sensitivity(
