@@ -26,6 +26,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     TargetUnavailableError,
     RunDirError,
     FileExistsError,
+    sweep.TrialsFailedError,
 )
 
 OUR_LOGGERS = ("galen", "workloads", "compression", "hardware", "envs", "agents", "experiments")

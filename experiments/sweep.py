@@ -172,19 +172,33 @@ def main(sweep: SweepConfig) -> Any:
 
             ray.shutdown()
     _print_results(results, sweep.metric, path)
+    failed = [r for r in results if r.error is not None]
+    if failed:  # a sweep with a failed trial is not a success: exit non-zero, say which and where its error is
+        lines = [f"{Path(r.path).name}: {type(r.error).__name__}: {_first_line(r.error)} (error file: {r.path}/error.txt)" for r in failed]
+        raise TrialsFailedError(f"galen sweep: {len(failed)} of {len(results)} trials failed:\n  " + "\n  ".join(lines))
     return results
+
+
+class TrialsFailedError(RuntimeError):
+    """Trials of a sweep that raised; the message names each and its error file."""
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else ""  # a Ray task error's last line is the original exception
 
 
 def _print_results(results: Any, metric: str, path: Path) -> None:
     rows = []
     for r in results:
         m = r.metrics or {}
-        rows.append((m.get(metric, float("nan")), m.get("episodes", 0), m.get("best_accuracy", float("nan")), r.config, r.path))
+        status = f"FAILED ({type(r.error).__name__})" if r.error is not None else "ok"
+        rows.append((m.get(metric, float("nan")), m.get("episodes", 0), m.get("best_accuracy", float("nan")), r.config, r.path, status))
     rows.sort(key=lambda row: -row[0] if row[0] == row[0] else float("inf"))
     print(f"sweep {path}: {len(rows)} trials, by {metric}")
-    for value, episodes, acc, config, trial_path in rows:
+    for value, episodes, acc, config, trial_path, status in rows:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(config.items()))
-        print(f"  {metric}={value:.4f}  episodes={int(episodes)}  best acc={100 * acc:.1f}%  {params}\n    {trial_path}/run")
+        print(f"  {status}  {metric}={value:.4f}  episodes={int(episodes)}  best acc={100 * acc:.1f}%  {params}\n    {trial_path}/run")
 
 
 def build_parser(parser: argparse.ArgumentParser) -> None:

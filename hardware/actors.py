@@ -68,6 +68,9 @@ class LatencyCacheActor:
     def __init__(self, path: str) -> None:
         self.cache = LatencyCache(path)
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
@@ -111,6 +114,9 @@ def latency_actor(target: HardwareTarget, node_id: str) -> ray.actor.ActorHandle
         get_if_exists=True,
         label_selector=selector,
         lifetime="detached",  # shared by every job and trial; must not die with the env runner that created it
+        # an explicit strategy: created from inside a Tune trial it would otherwise join the trial's placement group
+        # (Tune captures child tasks) and die when that trial ends, under every other trial that uses it
+        scheduling_strategy="DEFAULT",
     ).remote()
 
 
@@ -122,4 +128,5 @@ def cache_actor(path: str | Path | None = None) -> ray.actor.ActorHandle:
         get_if_exists=True,
         label_selector={NODE_ID_LABEL: head_node_id()},
         lifetime="detached",  # outlives the env runner or trial that happened to create it
+        scheduling_strategy="DEFAULT",  # never inside the creating trial's placement group (see latency_actor)
     ).remote(str(path or default_cache_path()))

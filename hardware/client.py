@@ -19,17 +19,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
 from hardware.actors import cache_actor, latency_actor, serving_nodes
 from hardware.cache import CacheKey, LatencyCache, default_cache_path
 from hardware.protocol import Measurement, device_lock, fingerprint, measure
 from hardware.runtime import get_runtime
 from hardware.targets import LABEL_KEY, HardwareTarget
+
+log = logging.getLogger(__name__)
 
 # The reference artifact is the same object on every call of a search: hash it once (bytes cache their own hash).
 _digest = functools.lru_cache(maxsize=16)(fingerprint)
@@ -72,7 +76,8 @@ class LatencyClient:
         self.slow_retries = 0  # timings taken again because the reference ran slow (the machine in a slow state)
         self._fastest_reference: dict[str, float] = {}  # reference digest -> its fastest median seen (ms)
         if self.use_ray:
-            self.actors = [latency_actor(target, node) for node in self._wait_for_nodes(wait_s)]
+            self._nodes = self._wait_for_nodes(wait_s)
+            self.actors = [latency_actor(target, node) for node in self._nodes]
             self.runtime = ray.get(self.actors[0].runtime.remote(target.runtime), timeout=call_timeout_s)
         elif target.local:
             runtime = get_runtime(target.runtime)
@@ -90,6 +95,7 @@ class LatencyClient:
         elif cache is not None:
             path = None if cache == "auto" else cache
             if self.use_ray:
+                self._cache_path = path
                 self._cache_actor = cache_actor(path)
             else:
                 self._cache = LatencyCache(path or default_cache_path())
@@ -163,14 +169,30 @@ class LatencyClient:
 
     def _cache_get(self, key: CacheKey) -> dict | None:
         if self._cache_actor is not None:
-            return ray.get(self._cache_actor.get.remote(dataclasses.astuple(key)), timeout=self.call_timeout_s)
+            return self._cache_call("get", dataclasses.astuple(key))
         return self._cache.get(key) if self._cache is not None else None
 
     def _cache_put(self, key: CacheKey, result: dict) -> None:
         if self._cache_actor is not None:
-            ray.get(self._cache_actor.put.remote(dataclasses.astuple(key), result), timeout=self.call_timeout_s)
+            self._cache_call("put", dataclasses.astuple(key), result)
         elif self._cache is not None:
             self._cache.put(key, result)
+
+    def _cache_call(self, method: str, *args: Any) -> Any:
+        """A call to the cache actor; an actor that died for good or cannot be scheduled is re-created once."""
+        for attempt in range(2):
+            try:
+                return ray.get(getattr(self._cache_actor, method).remote(*args), timeout=self.call_timeout_s)
+            except RayTaskError:
+                raise  # the actor is alive and the call itself failed: not the actor's death
+            except RayError as error:
+                if attempt:
+                    raise TargetUnavailableError(
+                        f"the latency cache actor failed twice: {type(error).__name__}: {_first_line(error)}"
+                    ) from None
+                log.warning("latency cache actor lost (%s); re-creating it", type(error).__name__)
+                self._cache_actor = cache_actor(self._cache_path)
+        raise AssertionError("unreachable")
 
     SLOW_REFERENCE = 1.15  # a reference median this much above its fastest seen: the machine is in a slow state
     SLOW_RETRIES = 1  # at most one more timing: a busy machine (a test suite, neighbours) must not multiply every measurement
@@ -204,10 +226,21 @@ class LatencyClient:
             with device_lock(self.target.name):
                 return measure(candidate, self.target, reference)
         spec, errors = self.target.to_dict(), []
-        for _ in range(len(self.actors)):
-            actor = self.actors[next(self._next)]
+        for _ in range(2 * len(self.actors)):  # each actor, then each re-created one
+            index = next(self._next)
             try:
-                return Measurement.from_dict(ray.get(actor.measure.remote(candidate, reference, spec), timeout=self.call_timeout_s))
-            except (GetTimeoutError, RayActorError, RayTaskError) as error:
-                errors.append(f"{type(error).__name__}: {str(error).splitlines()[0]}")
+                ref = self.actors[index].measure.remote(candidate, reference, spec)
+                return Measurement.from_dict(ray.get(ref, timeout=self.call_timeout_s))
+            except RayTaskError as error:  # the actor is alive; the timing itself failed
+                errors.append(f"{type(error).__name__}: {_first_line(error)}")
+            except RayError as error:  # died for good, unschedulable (its node or placement group gone), timed out
+                errors.append(f"{type(error).__name__}: {_first_line(error)}")
+                log.warning(
+                    "latency actor of %r on node %s lost (%s); re-creating it", self.target.name, self._nodes[index][:8], errors[-1]
+                )
+                self.actors[index] = latency_actor(self.target, self._nodes[index])
         raise TargetUnavailableError(f"every latency actor of {self.target.name!r} failed: {'; '.join(errors)}")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).splitlines() or [""])[0]

@@ -78,6 +78,19 @@ def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet2
     assert all(any(p.glob("*.wandb")) for p in offline)
 
 
+def test_a_sweep_whose_trial_fails_exits_non_zero_and_names_the_trial(tmp_path) -> None:
+    agent = {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}
+    config = write_config(tmp_path, tmp_path / "no-such-checkpoint", "trial", agent, episodes=2)
+    command = [sys.executable, "-m", "experiments.cli", "sweep", "--config", str(config), "--name", "bad"]
+    command += ["--storage", str(tmp_path / "sweeps"), "--trials", "1", "--params", "lr"]
+    out = subprocess.run(command, cwd=tmp_path, env=_env(WANDB_MODE="disabled"), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "FAILED" in out.stdout
+    assert "galen sweep: error: 1 of 1 trials failed:" in out.stderr and "no meta.json (not a checkpoint)" in out.stderr, out.stderr[-3000:]
+    error_file = out.stderr.split("(error file: ")[1].split(")")[0]
+    assert Path(error_file).is_file()
+
+
 def test_ray_job_submit_on_a_local_head(tmp_path, trained_resnet20) -> None:
     temp = Path(tempfile.mkdtemp(prefix="gj-", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
     port, dashboard = _free_port(), _free_port()

@@ -5,6 +5,7 @@ The cluster has its own temp dir and is shut down by the fixture; no test runs `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -91,6 +92,51 @@ def test_actor_killed_mid_measurement_is_retried(cluster, reference) -> None:
     measurement = result["m"]
     assert measurement.candidate.samples == 4 * 400  # a whole measurement (its final attempt), not a partial one
     assert ray.get(actor.pid.remote()) != pid_before  # it ran again on the restarted actor
+
+
+def test_actors_created_inside_a_trials_placement_group_outlive_it(cluster, reference) -> None:
+    # Tune runs a trial in a placement group that captures its children; the shared, detached actors a trial happens
+    # to create first must not join it, or they die when that trial ends, under every other trial
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from hardware.actors import CACHE_ACTOR_NAME, NAMESPACE
+
+    with contextlib.suppress(ValueError):  # a cache actor an earlier test created from the driver
+        ray.kill(ray.get_actor(CACHE_ACTOR_NAME, namespace=NAMESPACE), no_restart=True)
+    spec = {"name": "local-pg", "local": True, "measurement": FAST}  # a target no earlier test created an actor for
+
+    @ray.remote(num_cpus=1)
+    def trial() -> tuple[int, int]:
+        client = LatencyClient(parse_target(spec))
+        client.measure(reference, reference)
+        return ray.get(client.actors[0].pid.remote()), ray.get(client._cache_actor.pid.remote())
+
+    group = placement_group([{"CPU": 1}])
+    ray.get(group.ready(), timeout=60)
+    strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+    pids = ray.get(trial.options(scheduling_strategy=strategy).remote(), timeout=180)
+    remove_placement_group(group)
+    time.sleep(2.0)
+    client = LatencyClient(parse_target(spec))  # the next trial: the same actors, alive
+    assert (ray.get(client.actors[0].pid.remote()), ray.get(client._cache_actor.pid.remote())) == pids
+    assert client.measure(reference, reference).cached
+
+
+def test_actors_that_died_for_good_are_re_created(cluster, reference) -> None:
+    import ray
+
+    client = LatencyClient(parse_target({"name": "dev-b", "measurement": FAST}))
+    dead, dead_cache = client.actors[0], client._cache_actor
+    ray.kill(dead, no_restart=True)
+    ray.kill(dead_cache, no_restart=True)
+    time.sleep(1.0)
+    fresh = compress(build_model("resnet20", 1, 10).eval(), CompressionPolicy(), torch.randn(1, 1, 32, 32), torch.randn(8, 1, 32, 32))
+    measurement = client.measure(fresh.artifact.data, reference)  # cache and device actor both re-created on the way
+    assert not measurement.cached and measurement.ratio is not None
+    assert client.actors[0] is not dead and client._cache_actor is not dead_cache
+    assert client.measure(fresh.artifact.data, reference).cached
 
 
 def test_target_no_node_serves_fails_after_a_bounded_wait(cluster) -> None:
