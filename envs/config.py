@@ -171,5 +171,10 @@ class EnvConfig:
             "target",
             "val_size",
             "seed",
+            "round_to",  # the predictor's layer specs and the sensitivity depend on round_to and min_keep
+            "min_keep",
+            "sensitivity_images",
+            "calibration_images",
+            "objective",
         )
-        return tuple(getattr(self, f) for f in fields) + (self.sensitivity_images, self.calibration_images, self.objective)
+        return tuple(getattr(self, f) for f in fields)
