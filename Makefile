@@ -12,7 +12,7 @@ setup: $(STAMP) dataset
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e ".[dev]"
 	touch $@
 
 # Fashion-MNIST from Debian's package when we may install it; otherwise galen tries the other sources.

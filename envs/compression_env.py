@@ -17,7 +17,7 @@ from compression.plan import layer_specs, planned_structure
 from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
 from compression.pruning import kept_channels
 from envs.config import EnvConfig, EnvConfigError
-from envs.context import EnvContext
+from envs.context import EnvContext, every_core
 from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
 from envs.wall import Option, Wall, by_compression
@@ -369,6 +369,10 @@ class CompressionEnv(gym.Env):
         return build(compressed, ctx.example, ctx.calibration)
 
     def _finish(self) -> dict[str, Any]:
+        with every_core(self.config.threads):  # build and scoring on every core: the learner waits for this sample
+            return self._finish_episode()
+
+    def _finish_episode(self) -> dict[str, Any]:
         start = time.perf_counter()
         ctx, config = self.ctx, self.config
         policy, repaired = self.policy(), 0

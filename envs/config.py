@@ -82,6 +82,9 @@ class EnvConfig:
     round_to: int = 8  # kept channels are multiples of this
     sensitivity_images: int = 256
     calibration_images: int = 256
+    # torch / ONNX Runtime threads of an episode's build and scoring (the learner waits meanwhile); 0: every core.
+    # Several searches sharing a machine (a sweep or study with concurrent trials): 1.
+    threads: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -108,6 +111,7 @@ class EnvConfig:
             "round_to": (self.round_to >= 1, "an integer >= 1"),
             "sensitivity_images": (self.sensitivity_images >= 1, "an integer >= 1"),
             "calibration_images": (self.calibration_images >= 1, "an integer >= 1"),
+            "threads": (self.threads >= 0, "an integer >= 0 (0: every core)"),
         }
         for name, (ok, allowed) in ranges.items():
             if not ok:

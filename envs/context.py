@@ -60,13 +60,15 @@ def precision_options(target: HardwareTarget, objective: str) -> tuple[tuple[int
 
 
 @contextlib.contextmanager
-def every_core() -> Iterator[None]:
-    """torch on every core for the block (base training), then back to the caller's thread count.
+def every_core(threads: int = 0) -> Iterator[None]:
+    """torch on every core (or ``threads``) for the block, then back to the caller's thread count.
 
-    The search runs with one torch thread; training a missing base model with it took 239 s per epoch instead of 88.
+    The search runs with one torch thread (RLlib's env runner gets OMP_NUM_THREADS=1 from Ray); training a missing base
+    model with it took 239 s per epoch instead of 88, and an episode's build and scoring leave the other core idle (the
+    learner waits for the sample).
     """
     saved = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or saved)
+    torch.set_num_threads(threads or os.cpu_count() or saved)
     try:
         yield
     finally:

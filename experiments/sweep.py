@@ -124,6 +124,8 @@ def main(sweep: SweepConfig) -> Any:
         changes["episodes"] = sweep.episodes
     if sweep.env_runners is not None:
         changes["agent.env_runners"] = sweep.env_runners
+    if sweep.max_concurrent > 1 and base_config.env.threads == 0:  # trials share the machine: one thread each
+        changes["env.threads"] = 1
     base_config = base_config.replace(**changes)
     if not base_config.agent.is_rl:
         raise ConfigError("sweep", "agent.algo", base_config.agent.algo, "sac, ppo (baselines have no hyperparameters to sweep)")
