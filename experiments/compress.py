@@ -136,8 +136,10 @@ def search_config(cfg: CompressConfig, out: Path, ratio: float | None) -> Search
     from experiments.config import builtin_config
 
     base = _config_yaml(cfg) if cfg.config else yaml.safe_load(builtin_config("demo").read_text())
-    if not cfg.config:
+    if not cfg.config:  # the demo's settings less what only makes it fast: the env's own defaults for a real model
         base["workload"]["base_epochs"] = 5
+        for name in ("val_size", "bn_batches"):
+            base["env"].pop(name, None)
     dataset, data_dir = cfg.dataset, cfg.data_dir
     if dataset is not None and (Path(dataset).expanduser().is_dir() or "/" in dataset):
         if not Path(dataset).expanduser().is_dir():
