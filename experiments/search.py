@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -96,6 +97,28 @@ def save_checkpoint(algo: Any, run: RunDir, iteration: int, episodes: int, algo_
     run.set_state(iterations=iteration, checkpoint=final.name, episodes=episodes)
 
 
+def rllib_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The scalar metrics of an ``algo.train()`` result worth a dashboard: the learners' (losses, entropy, temperature,
+    ...) as ``learners/<module>/<name>`` and the env runners' episode metrics (``env_runners/galen_*``, returns)."""
+    out: dict[str, float] = {}
+
+    def scalar(value: Any) -> float | None:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        return number if math.isfinite(number) else None
+
+    for module, stats in (result.get("learners") or {}).items():
+        for name, value in (stats if isinstance(stats, dict) else {}).items():
+            if (number := scalar(value)) is not None:
+                out[f"learners/{module}/{name}"] = number
+    for name, value in (result.get("env_runners") or {}).items():
+        if (name.startswith("galen_") or name.startswith("episode_")) and (number := scalar(value)) is not None:
+            out[f"env_runners/{name}"] = number
+    return out
+
+
 def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_iteration: Any = None) -> None:
     """Train the RL agent until the run holds ``config.episodes`` episodes; then play its deterministic policy once."""
     import ray
@@ -130,7 +153,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
         with _bar(config.episodes, min(count, config.episodes), f"{config.agent.algo} search", progress) as bar:
             while count < config.episodes:
                 set_progress(algo, count)  # the exploration schedule continues from the run's episode count
-                algo.train()
+                result = algo.train()
                 iteration += 1
                 if config.agent.algo == "sac" and config.agent.elite_episodes:
                     replay_elites(algo, config.agent.elite_episodes)
@@ -142,8 +165,8 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
                 count = new_count
                 if iteration % config.checkpoint_every == 0 or count >= config.episodes:
                     save_checkpoint(algo, run, iteration, count, config.agent.algo, obs_dim, action_dim)
-                if on_iteration is not None:
-                    on_iteration(iteration, summary, run.latest_checkpoint())
+                if on_iteration is not None:  # Tune (and W&B through it): the recorder's summary and RLlib's own metrics
+                    on_iteration(iteration, {**summary, **rllib_metrics(result)}, run.latest_checkpoint())
         if config.env.budget_guard and not any(r.get("source") == "uniform-safety" for r in run.episodes()):
             play_safety_net(env, lambda info, source, extra: ray.get(recorder.record.remote(info, source, extra)))
         final = run.latest_checkpoint()

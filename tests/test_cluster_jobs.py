@@ -73,6 +73,10 @@ def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet2
         sampled.append((agent_config["lr"], agent_config["gamma"]))
         assert 1e-4 <= agent_config["lr"] <= 3e-3 and 0.9 <= agent_config["gamma"] <= 1.0
     assert sampled[0] != sampled[1], "the searcher gave both trials the same hyperparameters"
+    results = [json.loads(line) for trial in trials for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+    keys = set().union(*results)
+    assert any(k.startswith("learners/default_policy/") for k in keys), sorted(keys)  # RLlib's own metrics reach Tune
+    assert any(k.startswith("env_runners/galen_") for k in keys), sorted(keys)
     offline = list(tmp_path.rglob("offline-run-*"))
     assert len(offline) >= 2, sorted(str(p) for p in tmp_path.rglob("wandb"))
     assert all(any(p.glob("*.wandb")) for p in offline)
