@@ -51,7 +51,7 @@ class TargetUnavailableError(RuntimeError):
 
 
 def _join_hint(target: HardwareTarget) -> str:
-    return f"ray start --address=<head> --labels={LABEL_KEY}={target.name} --resources='{{\"{target.resource}\": 1}}'"
+    return f"ray start --address=<head> --num-cpus=0 --labels={LABEL_KEY}={target.name} --resources='{{\"{target.resource}\": 1}}'"
 
 
 class LatencyClient:

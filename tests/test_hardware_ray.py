@@ -144,7 +144,7 @@ def test_target_no_node_serves_fails_after_a_bounded_wait(cluster) -> None:
     with pytest.raises(
         TargetUnavailableError,
         match=r"^no node serves hardware target 'dev-c' \(waited 2 s\); join one with: ray start --address=<head> "
-        r"--labels=hardware=dev-c --resources='\{\"dev-c\": 1\}'$",
+        r"--num-cpus=0 --labels=hardware=dev-c --resources='\{\"dev-c\": 1\}'$",
     ):
         LatencyClient(parse_target({"name": "dev-c"}), wait_s=2)
     assert time.monotonic() - start < 10
