@@ -193,8 +193,8 @@ def test_remote_target_without_a_cluster_is_a_clear_error() -> None:
     with pytest.raises(
         TargetUnavailableError,
         match=r"^hardware target 'arm-board' is served by Ray nodes labelled hardware=arm-board; connect to the cluster first "
-        r"\(ray.init\(address=\.\.\.\) or RAY_ADDRESS\); a device joins with: ray start --address=<head> --num-cpus=0 --labels=hardware=arm-board "
-        r"--resources='\{\"arm-board\": 1\}'$",
+        r"\(ray.init\(address=\.\.\.\) or RAY_ADDRESS\); a device joins with: ray start --address=<head> --num-cpus=0 "
+        r"--labels=hardware=arm-board --resources='\{\"arm-board\": 1\}'$",
     ):
         LatencyClient(get_target("arm-board"))
 
