@@ -66,8 +66,13 @@ def param_space(algo: str, params: str | None) -> dict[str, Any]:
     return space
 
 
-def trial(params: dict[str, Any], base: dict[str, Any]) -> None:
-    """One Tune trial: a search with ``params`` as agent fields, reporting per training iteration."""
+def trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str) -> None:
+    """One Tune trial: a search with ``params`` as agent fields, reporting per training iteration.
+
+    Its run directory lives in the sweep's storage (``<storage>/<name>/<trial>/run``), not in Tune's staging
+    directory inside the Ray session: a sweep resumed after its driver was stopped finds every trial's episodes and
+    agent checkpoint there and continues them (the search's own resume: no episode replayed or lost).
+    """
     from ray import tune
 
     from experiments.results import make_env
@@ -75,7 +80,7 @@ def trial(params: dict[str, Any], base: dict[str, Any]) -> None:
     from experiments.search import run_rl
 
     torch.set_num_threads(1)
-    trial_dir = Path(tune.get_context().get_trial_dir())
+    trial_dir = Path(experiment_dir) / Path(tune.get_context().get_trial_dir()).name
     config = SearchConfig.from_dict(merge(base, {"agent": params, "run_dir": str(trial_dir / "run"), "wandb": {}}))
     run = RunDir.open(config, resume=True)
     env = make_env(config)
@@ -136,7 +141,7 @@ def main(sweep: SweepConfig) -> Any:
     owns_ray = cluster.connect()
     try:
         trainable = tune.with_resources(
-            tune.with_parameters(trial, base=base),
+            tune.with_parameters(trial, base=base, experiment_dir=str(path)),
             tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": 1}] * base_config.agent.env_runners),
         )
         if sweep.resume:
