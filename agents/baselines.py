@@ -12,6 +12,15 @@
 - ``tpe``: black-box search over the policy vector (only the action dimensions the env uses) with
   Ray Tune's Optuna searcher (TPE sampler). A resumed run hands the recorded (actions, reward)
   pairs back to the searcher, so nothing already evaluated is lost or repeated.
+- ``nsga2``: evolutionary multi-objective search (Optuna's NSGA-II, as GeneCAI and HAT evolve per-layer
+  genotypes) over the same vector, with two objectives (accuracy up, the measured cost ratio down)
+  and the budget as a constraint; its episodes' Pareto front is the result, the report draws it.
+- ``gp-bo``: Gaussian-process Bayesian optimisation (Optuna's GPSampler) in Condensa's low-dimensional
+  setting: one keep action and one precision action per stage (ResNet names ``layers.<stage>.*``;
+  other models: four contiguous segments), so that a few dozen samples suffice.
+
+``nsga2`` and ``gp-bo`` run through Optuna's ask/tell; a resumed run adds its recorded episodes to the
+study as finished trials first.
 
 Each episode is one policy vector played through the env (one action per decision); the env's
 final ``info`` is recorded with the actions that produced it.
@@ -149,6 +158,81 @@ class TPESearch:
         self.searcher.on_trial_complete(trial_id, {"reward": reward})
 
 
+def stage_groups(env: Any) -> list[list[int]]:
+    """Unit indices per stage: ``layers.<stage>.*`` names group by stage (the stem and the classifier each their own);
+    models named otherwise: four contiguous segments."""
+    groups: dict[str, list[int]] = {}
+    for i, unit in enumerate(env.units):
+        parts = unit.split(".")
+        groups.setdefault(".".join(parts[:2]) if parts[0] == "layers" and len(parts) > 2 else unit, []).append(i)
+    if len(groups) <= 8:
+        return list(groups.values())
+    n = len(env.units)
+    bounds = [round(j * n / 4) for j in range(5)]
+    return [list(range(bounds[j], bounds[j + 1])) for j in range(4) if bounds[j] < bounds[j + 1]]
+
+
+class OptunaAskTell:
+    """Optuna's NSGA-II or GP sampler over the env's used action dimensions (``gp-bo``: one per stage), ask/tell."""
+
+    def __init__(self, method: str, env: Any, seed: int, episodes: int, history: list[dict[str, Any]]) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.method, self.target = method, env.config.target_ratio
+        self.mask = env.action_mask()
+        k = self.mask.shape[1]
+        # each parameter: its name and the (unit, dim) cells of the action matrix it sets
+        if method == "gp-bo":
+            self.params = []
+            for g, units in enumerate(stage_groups(env)):
+                for d, label in ((0, "keep"), (k - 1, "precision")):
+                    cells = [(i, d) for i in units if self.mask[i, d]]
+                    if cells and not any(name == f"s{g}_{label}" for name, _ in self.params):
+                        self.params.append((f"s{g}_{label}", cells))
+        else:
+            self.params = [(f"u{i:03d}_d{d}", [(i, d)]) for i, d in zip(*np.nonzero(self.mask), strict=True)]
+        if method == "nsga2":
+            population = min(50, max(8, episodes // 8))  # several generations within the run's episodes
+            sampler = optuna.samplers.NSGAIISampler(
+                seed=seed, population_size=population, constraints_func=lambda trial: [trial.user_attrs.get("over_budget", 0.0)]
+            )
+            directions = ["maximize", "minimize"]
+        elif method == "gp-bo":
+            sampler, directions = optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, episodes // 5))), ["maximize"]
+        else:
+            raise ValueError(f"agent config: field 'algo' is {method!r}; Optuna ask/tell methods: nsga2, gp-bo")
+        self.study = optuna.create_study(directions=directions, sampler=sampler)
+        self.distributions = {name: optuna.distributions.FloatDistribution(0.0, 1.0) for name, _ in self.params}
+        for record in history:  # a resumed run: what was evaluated comes back as finished trials
+            if "actions" in record:
+                actions = np.asarray(record["actions"], np.float32)
+                params = {name: float(actions[cells[0]]) for name, cells in self.params}
+                trial = optuna.trial.create_trial(
+                    params=params, distributions=self.distributions, values=self._values(record), user_attrs=self._attrs(record)
+                )
+                self.study.add_trial(trial)
+
+    def _values(self, info: dict[str, Any]) -> list[float]:
+        return [float(info["reward"]), float(info["cost_ratio"])] if self.method == "nsga2" else [float(info["reward"])]
+
+    def _attrs(self, info: dict[str, Any]) -> dict[str, float]:
+        return {"over_budget": float(info["cost_ratio"]) / self.target - 1.0}
+
+    def ask(self) -> tuple[Any, np.ndarray]:
+        trial = self.study.ask(self.distributions)
+        actions = np.ones(self.mask.shape, np.float32)  # unused dimensions: 1 (ignored by the env)
+        for name, cells in self.params:
+            for cell in cells:
+                actions[cell] = trial.params[name]
+        return trial, actions
+
+    def tell(self, trial: Any, info: dict[str, Any]) -> None:
+        for key, value in self._attrs(info).items():
+            trial.set_user_attr(key, value)
+        self.study.tell(trial, self._values(info))
+
+
 def baseline_actions(method: str, env: Any, episodes: int, seed: int, done: int, uniform_steps: int = 0) -> Iterator[np.ndarray]:
     """Action matrices for episodes ``done``, ``done + 1``, ... of a ``method`` run of ``episodes`` episodes."""
     if method == "uniform":
@@ -157,7 +241,7 @@ def baseline_actions(method: str, env: Any, episodes: int, seed: int, done: int,
         for i in range(done, episodes):
             yield _random_actions(env, seed, i)
     else:
-        raise ValueError(f"agent config: field 'algo' is {method!r}; baselines: uniform, random, tpe")
+        raise ValueError(f"agent config: field 'algo' is {method!r}; baselines: uniform, random, tpe, nsga2, gp-bo")
 
 
 def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: int, uniform_steps: int = 0, on_episode: Any = None) -> int:
@@ -171,6 +255,17 @@ def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: i
             info = play(env, actions, seed)
             record = log_.record(info, "tpe", {"actions": actions.tolist()})
             search.tell(trial, info["reward"])
+            ran += 1
+            if on_episode:
+                on_episode(record)
+        return ran
+    if method in ("nsga2", "gp-bo"):
+        search = OptunaAskTell(method, env, seed, episodes, log_.records)
+        for _ in range(done, episodes):
+            trial, actions = search.ask()
+            info = play(env, actions, seed)
+            record = log_.record(info, method, {"actions": actions.tolist()})
+            search.tell(trial, info)
             ran += 1
             if on_episode:
                 on_episode(record)

@@ -13,7 +13,7 @@ from typing import Any
 from envs.config import ConfigError
 
 RL_ALGOS = ("sac", "ppo")
-BASELINES = ("uniform", "random", "tpe")
+BASELINES = ("uniform", "random", "tpe", "nsga2", "gp-bo")
 ALGOS = RL_ALGOS + BASELINES
 
 

@@ -1,11 +1,11 @@
-"""Baselines on the real env: uniform grids, seeded random search, and TPE through Ray Tune's Optuna searcher."""
+"""Baselines on the real env: uniform grids, seeded random search, TPE through Ray Tune's Optuna searcher, NSGA-II and GP-BO."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agents.baselines import TPESearch, play_safety_net, run_baseline, safety_net, uniform_grid
+from agents.baselines import OptunaAskTell, TPESearch, play_safety_net, run_baseline, safety_net, stage_groups, uniform_grid
 from agents.recorder import EpisodeLog, read_episodes
 from envs import JointEnv, PruneEnv
 
@@ -80,3 +80,35 @@ def test_tpe_searches_only_the_used_action_dimensions_and_resumes_from_history(e
     assert all(r["source"] == "tpe" and len(r["actions"]) == len(env.units) for r in records)
     resumed = TPESearch(env, seed=0, history=records)
     assert len(resumed.searcher._ot_study.trials) == 2  # the recorded episodes are the searcher's history
+
+
+def test_gp_bo_searches_one_keep_and_one_precision_per_stage(env_config, tmp_path) -> None:
+    env = JointEnv(env_config)
+    groups = stage_groups(env)
+    # ResNet-20: the stem, three stages of layers.<stage>.*, the classifier
+    assert [env.units[g[0]] for g in groups][:2] == ["conv1", "layers.0.0.conv1"] and len(groups) == 5
+    search = OptunaAskTell("gp-bo", env, seed=0, episodes=3, history=[])
+    assert len(search.params) <= 2 * len(groups) < int(env.action_mask().sum())
+    _, actions = search.ask()
+    stage = groups[2]
+    assert len({float(actions[i, 1]) for i in stage}) == 1  # one precision action for the whole stage
+    log = EpisodeLog(tmp_path / "gp")
+    assert run_baseline("gp-bo", env, log, episodes=3, seed=0) == 3
+    records = read_episodes(tmp_path / "gp")
+    assert [r["source"] for r in records] == ["gp-bo"] * 3
+    assert run_baseline("gp-bo", env, EpisodeLog(tmp_path / "gp"), episodes=4, seed=0) == 1  # resumed: only the missing one
+    assert len(OptunaAskTell("gp-bo", env, seed=0, episodes=4, history=read_episodes(tmp_path / "gp")).study.trials) == 4
+
+
+def test_nsga2_optimises_accuracy_and_cost_under_the_budget_constraint(env_config, tmp_path) -> None:
+    env = JointEnv(env_config)
+    log = EpisodeLog(tmp_path / "nsga2")
+    assert run_baseline("nsga2", env, log, episodes=3, seed=0) == 3
+    records = read_episodes(tmp_path / "nsga2")
+    assert [r["source"] for r in records] == ["nsga2"] * 3
+    study = OptunaAskTell("nsga2", env, seed=0, episodes=3, history=records).study
+    assert [len(t.values) for t in study.trials] == [2, 2, 2]  # accuracy and the cost ratio
+    assert all(t.values == [r["reward"], r["cost_ratio"]] for t, r in zip(study.trials, records, strict=True))
+    assert all(
+        t.user_attrs["over_budget"] == r["cost_ratio"] / env.config.target_ratio - 1 for t, r in zip(study.trials, records, strict=True)
+    )

@@ -24,7 +24,7 @@ def test_demo_config_is_valid_and_matches_the_issue() -> None:
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"agent": {"algo": "ddpg"}}, "search config: field 'agent.algo' is 'ddpg'; allowed: sac, ppo, uniform, random, tpe"),
+        ({"agent": {"algo": "ddpg"}}, "search config: field 'agent.algo' is 'ddpg'; allowed: sac, ppo, uniform, random, tpe, nsga2, gp-bo"),
         (
             {"env": {"reward": "best"}},
             "search config: field 'env.reward' is 'best'; allowed: accuracy, galen, constrained-soft, constrained-hard, amc",
