@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compression.policy import CompressionPolicy, Precision
-from compression.pruning import prune
+from compression.pruning import kept_channels, prune
 from compression.quant_sim import attach_fake_quant
 from compression.structure import ModelStructure
 
@@ -50,10 +50,14 @@ def compute_sensitivity(
     result: dict[str, dict[str, list[float]]] = {"prune": {}, "quantize": {}}
     for group in structure.groups:
         values = [0.0]
+        by_width = {group.channels: 0.0}  # ratios that round to the same width prune the same channels: one model each
         for ratio in KEEP_RATIOS[1:]:
-            pruned = prune(model, x, CompressionPolicy(keep={group.name: ratio}), round_to, structure=structure)  # traces with autograd
-            with torch.no_grad():
-                values.append(_kl(p_log, pruned(images)))
+            width = kept_channels(group.channels, ratio, round_to)
+            if width not in by_width:
+                pruned = prune(model, x, CompressionPolicy(keep={group.name: ratio}), round_to, structure=structure)  # traces with autograd
+                with torch.no_grad():
+                    by_width[width] = _kl(p_log, pruned(images))
+            values.append(by_width[width])
             bar.update()
         result["prune"][group.name] = values
     for layer in structure.layers:
