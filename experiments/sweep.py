@@ -179,6 +179,7 @@ def main(sweep: SweepConfig) -> Any:
 
             ray.shutdown()
     _print_results(results, sweep.metric, path)
+    _write_results(results, path / "sweep.json")
     failed = [r for r in results if r.error is not None]
     if failed:  # a sweep with a failed trial is not a success: exit non-zero, say which and where its error is
         lines = [f"{Path(r.path).name}: {type(r.error).__name__}: {_first_line(r.error)} (error file: {r.path}/error.txt)" for r in failed]
@@ -193,6 +194,27 @@ class TrialsFailedError(RuntimeError):
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else ""  # a Ray task error's last line is the original exception
+
+
+def _write_results(results: Any, path: Path) -> None:
+    """Every trial's last reported metrics (the recorder's summary and RLlib's learner and env-runner metrics), its
+    hyperparameters, run directory and status, as JSON beside Tune's own files (written atomically)."""
+    from experiments.results import write_json
+
+    trials = []
+    for r in results:
+        metrics = {k: v for k, v in (r.metrics or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        trials.append(
+            {
+                "trial": Path(r.path).name,
+                "run_dir": f"{r.path}/run",
+                "config": r.config,
+                "status": "failed" if r.error is not None else "ok",
+                "error": None if r.error is None else f"{type(r.error).__name__}: {_first_line(r.error)}",
+                "metrics": metrics,
+            }
+        )
+    write_json(path, {"trials": trials})
 
 
 def _print_results(results: Any, metric: str, path: Path) -> None:

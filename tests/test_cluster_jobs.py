@@ -73,8 +73,9 @@ def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet2
         sampled.append((agent_config["lr"], agent_config["gamma"]))
         assert 1e-4 <= agent_config["lr"] <= 3e-3 and 0.9 <= agent_config["gamma"] <= 1.0
     assert sampled[0] != sampled[1], "the searcher gave both trials the same hyperparameters"
-    results = [json.loads(line) for trial in trials for line in (trial / "result.json").read_text().splitlines() if line.strip()]
-    keys = set().union(*results)
+    written = json.loads((tmp_path / "sweeps" / "sw" / "sweep.json").read_text())["trials"]
+    assert sorted(t["trial"] for t in written) == sorted(t.name for t in trials) and all(t["status"] == "ok" for t in written)
+    keys = set().union(*(t["metrics"] for t in written))
     assert any(k.startswith("learners/default_policy/") for k in keys), sorted(keys)  # RLlib's own metrics reach Tune
     assert any(k.startswith("env_runners/galen_") for k in keys), sorted(keys)
     offline = list(tmp_path.rglob("offline-run-*"))
