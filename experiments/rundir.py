@@ -29,7 +29,7 @@ from experiments.config import SearchConfig
 
 KEEP_CHECKPOINTS = 2
 # Fields a resume may change: the episode budget (to extend a run) and where W&B logs go.
-RESUMABLE_CHANGES = ("episodes", "wandb", "checkpoint_every")
+RESUMABLE_CHANGES = ("episodes", "wandb", "checkpoint_every", "env.threads")  # env.threads: speed only
 
 
 class RunDirError(ValueError):
@@ -66,9 +66,12 @@ class RunDir:
 
     def _check_same(self, config: SearchConfig, old: dict[str, Any]) -> None:
         new = config.to_dict()
+        defaults = SearchConfig().to_dict()  # a field added since the run started counts as its default there
         for section in ("workload", "env", "agent"):
             for key in sorted(set(new[section]) | set(old.get(section, {}))):
-                if new[section].get(key) != old.get(section, {}).get(key):
+                if f"{section}.{key}" in RESUMABLE_CHANGES:
+                    continue
+                if new[section].get(key) != old.get(section, {}).get(key, defaults[section].get(key)):
                     raise RunDirError(
                         f"--resume: {section}.{key} is {new[section].get(key)!r} but the run in {self.path} used "
                         f"{old.get(section, {}).get(key)!r}; only {', '.join(RESUMABLE_CHANGES)} may change on resume"

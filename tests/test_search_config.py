@@ -121,3 +121,19 @@ def test_run_dir_refuses_to_overwrite_and_to_resume_a_different_config(tmp_path)
     RunDir.open(config.replace(episodes=9), resume=True)  # more episodes: allowed
     with pytest.raises(RunDirError, match="--resume: agent.lr is 0.001 but the run in .* used 0.0003"):
         RunDir.open(config.replace(**{"agent.lr": 0.001}), resume=True)
+
+
+def test_a_run_started_before_a_field_existed_resumes_with_its_default(tmp_path) -> None:
+    config = SearchConfig.from_dict({"run_dir": str(tmp_path / "run")})
+    RunDir.open(config, resume=False)
+    (tmp_path / "run" / "checkpoints" / "iter_000001").mkdir()  # a run with something to lose: checked on resume
+    path = tmp_path / "run" / "config.yaml"
+    old = yaml.safe_load(path.read_text())
+    del old["env"]["threads"], old["workload"]["input_size"]  # written by a version without these fields
+    path.write_text(yaml.safe_dump(old))
+    RunDir.open(config, resume=True)  # their defaults: the same search
+    path.write_text(yaml.safe_dump(old))
+    RunDir.open(config.replace(**{"env.threads": 1}), resume=True)  # threads change the speed only
+    path.write_text(yaml.safe_dump(old))
+    with pytest.raises(RunDirError, match=r"--resume: workload.input_size is 28 but the run in .* used None"):
+        RunDir.open(config.replace(**{"workload.input_size": 28, "workload.weights": "m.pt"}), resume=True)

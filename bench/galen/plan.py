@@ -92,6 +92,7 @@ def search_config(run: Run, root: Path, *, model: str, checkpoint: str, episodes
             "reward": "galen",
             "budget_guard": False,  # Galen's reproduction: budgets below the floor, the penalty reward, no wall
             "val_size": val_size,
+            "threads": 1,  # --jobs runs searches side by side: one thread each
         },
         "agent": {"algo": run.algo, **AGENT_SETTINGS.get(run.algo, {})},
         "wandb": {"project": None},
