@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,34 @@ def test_accuracy(env: CompressionEnv, artifact: bytes) -> float:
     return evaluate_onnx(artifact, ctx.data.loader("test", 250), threads=min(2, os.cpu_count() or 1))
 
 
+SLOW_RETRIES = 3  # rounds of fresh timings for a final measurement taken while the machine ran slow
+SLOW_PAUSE_S = 2.0
+
+
+def measure_final(env: CompressionEnv, artifact: bytes) -> Any:
+    """The latency of an artifact whose number is reported (a fine-tuned or exported policy): cache first, and a fresh
+    timing whose interleaved reference ran more than 15% slower than the context's calibration timed it is taken
+    again (up to ``SLOW_RETRIES`` rounds, pausing between them; the timing with the fastest reference is kept).
+
+    A process's first timing has no fastest reference of its own to compare with, and in this VM's slow state int8
+    ratios rise by up to 40%: a fine-tuned ResNet-56 policy searched at 41.5% measured 56.7% right after its
+    fine-tune (the same policy; its reference ran at 2.96 ms instead of 2.1).
+    """
+    ctx = env.ctx
+    client = ctx.client
+    m = client.measure(artifact, ctx.reference)
+    fastest = ctx.reference_ms  # the calibration's timing of the reference (itself kept from its fastest-reference timing)
+    for _ in range(SLOW_RETRIES):
+        if m.cached or m.reference is None or m.reference.median_ms <= fastest * client.SLOW_REFERENCE:
+            break
+        time.sleep(SLOW_PAUSE_S)
+        m = client.retime(artifact, ctx.reference, m)
+    return m
+
+
 def evaluate(env: CompressionEnv, artifact: bytes) -> dict[str, Any]:
-    """Test accuracy (ONNX Runtime), latency on the target (cache first) and size of one artifact."""
-    m = env.ctx.client.measure(artifact, env.ctx.reference)
+    """Test accuracy (ONNX Runtime), latency on the target (cache first, slow-state timings taken again) and size."""
+    m = measure_final(env, artifact)
     return {
         "test_accuracy": test_accuracy(env, artifact),
         "latency_ms": m.candidate.median_ms,
