@@ -8,21 +8,19 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from workloads.datasets import DataSplits
+from workloads.errors import FieldError
 
 
-class RecipeError(ValueError):
+class RecipeError(FieldError):
     """A recipe value that is not allowed: ``field`` is ``value``; ``allowed`` says what would do."""
 
-    def __init__(self, name: str, value: Any, allowed: str) -> None:
-        self.field, self.value, self.allowed = name, value, allowed
-        super().__init__(f"recipe field {name!r} is {value!r}; allowed: {allowed}")
+    what = "recipe field"
 
 
 @dataclass(frozen=True)

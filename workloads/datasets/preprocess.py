@@ -24,13 +24,11 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from workloads.errors import FieldError
 
-class PreprocessingError(ValueError):
+
+class PreprocessingError(FieldError):
     """A preprocessing option that cannot be used: ``field`` is ``value``; ``allowed`` says what would do."""
-
-    def __init__(self, name: str, value: Any, allowed: str) -> None:
-        self.field, self.value, self.allowed = name, value, allowed
-        super().__init__(f"{name} is {value!r}; allowed: {allowed}")
 
 
 @dataclass(frozen=True)
