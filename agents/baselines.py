@@ -154,8 +154,8 @@ class TPESearch:
         actions[self.mask] = [point[name] for name in self.names]
         return trial_id, actions
 
-    def tell(self, trial_id: str, reward: float) -> None:
-        self.searcher.on_trial_complete(trial_id, {"reward": reward})
+    def tell(self, trial_id: str, info: dict[str, Any]) -> None:
+        self.searcher.on_trial_complete(trial_id, {"reward": info["reward"]})
 
 
 def stage_groups(env: Any) -> list[list[int]]:
@@ -188,7 +188,7 @@ class OptunaAskTell:
             for g, units in enumerate(stage_groups(env)):
                 for d, label in ((0, "keep"), (k - 1, "precision")):
                     cells = [(i, d) for i in units if self.mask[i, d]]
-                    if cells and not any(name == f"s{g}_{label}" for name, _ in self.params):
+                    if cells:
                         self.params.append((f"s{g}_{label}", cells))
         else:
             self.params = [(f"u{i:03d}_d{d}", [(i, d)]) for i, d in zip(*np.nonzero(self.mask), strict=True)]
@@ -248,19 +248,8 @@ def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: i
     """Play the baseline's remaining episodes (``episodes`` in all, counting those already in ``log_``); returns how many ran."""
     done = log_.count()
     ran = 0
-    if method == "tpe":
-        search = TPESearch(env, seed, log_.records)
-        for _ in range(done, episodes):
-            trial, actions = search.ask()
-            info = play(env, actions, seed)
-            record = log_.record(info, "tpe", {"actions": actions.tolist()})
-            search.tell(trial, info["reward"])
-            ran += 1
-            if on_episode:
-                on_episode(record)
-        return ran
-    if method in ("nsga2", "gp-bo"):
-        search = OptunaAskTell(method, env, seed, episodes, log_.records)
+    if method in ("tpe", "nsga2", "gp-bo"):  # ask/tell searchers
+        search = TPESearch(env, seed, log_.records) if method == "tpe" else OptunaAskTell(method, env, seed, episodes, log_.records)
         for _ in range(done, episodes):
             trial, actions = search.ask()
             info = play(env, actions, seed)
