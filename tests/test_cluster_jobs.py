@@ -98,7 +98,7 @@ def test_a_sweep_whose_trial_fails_exits_non_zero_and_names_the_trial(tmp_path) 
 
 def test_a_sweep_stopped_with_sigterm_resumes_every_trial_where_it_stopped(tmp_path, trained_resnet20) -> None:
     agent = {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}
-    config = write_config(tmp_path, trained_resnet20.path, "trial", agent, episodes=6)
+    config = write_config(tmp_path, trained_resnet20.path, "trial", agent, episodes=5)
     command = [sys.executable, "-m", "experiments.cli", "sweep", "--config", str(config), "--name", "rs"]
     command += ["--storage", str(tmp_path / "sweeps"), "--trials", "1", "--params", "lr"]
     process = subprocess.Popen(command, cwd=tmp_path, env=_env(WANDB_MODE="disabled"), stdout=subprocess.PIPE,
@@ -117,17 +117,17 @@ def test_a_sweep_stopped_with_sigterm_resumes_every_trial_where_it_stopped(tmp_p
     process.wait(timeout=120)
     before = read_episodes(run_dir)
     iterations = sorted(int(c.name.split("_")[1]) for c in (run_dir / "checkpoints").glob("iter_*"))
-    assert 2 <= len(before) < 6, len(before)
+    assert 2 <= len(before) < 5, len(before)
     out = subprocess.run([*command, "--resume"], cwd=tmp_path, env=_env(WANDB_MODE="disabled"), capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     after = read_episodes(run_dir)
     assert after[: len(before)] == before  # nothing written before the stop was lost or replayed
     assert [r["episode"] for r in after] == list(range(len(after)))  # numbering continues, no duplicates
-    assert len([r for r in after if r["source"] == "sac"]) >= 6
+    assert len([r for r in after if r["source"] == "sac"]) >= 5
     resumed = sorted(int(c.name.split("_")[1]) for c in (run_dir / "checkpoints").glob("iter_*"))
-    # the agent went on from its checkpoint's iteration (one episode per iteration: about 6 in all; an agent restarted
-    # from scratch would end at 6 - len(before) <= 4)
-    assert resumed[-1] > iterations[-1] and resumed[-1] >= 5, (iterations, resumed)
+    # the agent went on from its checkpoint's iteration (one episode per iteration: about 5 in all; an agent restarted
+    # from scratch would end at 5 - len(before) <= 3)
+    assert resumed[-1] > iterations[-1] and resumed[-1] >= 4, (iterations, resumed)
 
 
 def test_ray_job_submit_on_a_local_head(tmp_path, trained_resnet20) -> None:
