@@ -51,6 +51,16 @@ class AgentConfig:
         "SAC warm-up: the per-episode action is drawn uniformly within this distance of 0.5 (action units; 0.5: all of"
         " [0, 1]); with the paced wall 0.5 is the widest uniform policy within budget",
     )
+    warmup_updates: int = _f(
+        40,
+        "SAC: gradient updates per warm-up episode made in one burst when the warm-up ends, before the agent plays"
+        " (0: off; without it the untrained actor plays the first post-warm-up episodes)",
+    )
+    reward_baseline: str = _f(
+        "buffer",
+        "SAC: buffer (after every iteration each buffered episode's reward is its final reward standardised over the"
+        " whole buffer) | moving (AMC's moving mean and spread at the time the episode was played)",
+    )
     elite_episodes: int = _f(
         3, "SAC: after every iteration, one more copy of each of the best k episodes goes into the replay buffer (0: off)"
     )
@@ -83,6 +93,7 @@ class AgentConfig:
             "ppo_epochs": 1,
             "env_runners": 0,
             "uniform_steps": 0,
+            "warmup_updates": 0,
         }
         for name, low in at_least.items():
             value = getattr(self, name)
@@ -90,6 +101,8 @@ class AgentConfig:
                 raise ConfigError("agent config", name, value, f"an integer >= {low}")
         if self.warmup_episodes is not None and (not isinstance(self.warmup_episodes, int) or self.warmup_episodes < 0):
             raise ConfigError("agent config", "warmup_episodes", self.warmup_episodes, "an integer >= 0 or null")
+        if self.reward_baseline not in ("buffer", "moving"):
+            raise ConfigError("agent config", "reward_baseline", self.reward_baseline, "buffer, moving")
         if not isinstance(self.elite_episodes, int) or self.elite_episodes < 0:
             raise ConfigError("agent config", "elite_episodes", self.elite_episodes, "an integer >= 0")
         if not (isinstance(self.warmup_spread, (int, float)) and 0 < self.warmup_spread <= 0.5):

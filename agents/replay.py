@@ -6,6 +6,11 @@ episode in the buffer (observations, actions, rewards as they were trained on: b
 and applied actions) is written to ``replay.npz`` as plain arrays, no pickle, and re-added to the
 fresh buffer on restore.
 
+``renormalise_rewards`` rewrites, after every training iteration, every buffered episode's broadcast reward as its
+final reward standardised by the mean and spread of all the episodes in the buffer: the env runner's moving
+baseline gives the same policy a different reward at different times (the first episodes of a run, with
+no spread yet, get +-5), which the critic, trained on old episodes for the whole run, would learn as noise.
+
 ``replay_elites`` adds, after every training iteration, one more copy of each of the best episodes
 the buffer holds (by the final, un-normalised reward), as NNCF's AutoQ keeps its best episodes in
 replay: the critic sees the rare good episodes as often as the many poor ones around them.
@@ -104,6 +109,34 @@ def replay_elites(algo: Any, k: int) -> int:
     if copies:
         buffer.add(copies)
     return len(copies)
+
+
+def renormalise_rewards(algo: Any, min_spread: float = 0.01, clip: float = 5.0) -> int:
+    """Every buffered episode's step rewards become (final - mean) / spread over the buffer's distinct episodes.
+
+    Episodes without a known final reward keep theirs. Returns the number of episodes rewritten.
+    """
+    buffer = _buffer(algo)
+    episodes = [e for e in (getattr(buffer, "episodes", []) or []) if len(e)] if buffer is not None else []
+    finals = {}
+    for episode in episodes:
+        final = final_reward(episode)
+        if not np.isnan(final):
+            key = np.asarray(episode.get_actions(slice(0, len(episode))), np.float32).round(4).tobytes()
+            finals[key] = final
+    if len(finals) < 2:
+        return 0
+    values = np.asarray(list(finals.values()), np.float64)
+    mean, spread = float(values.mean()), max(float(values.std()), min_spread)
+    rewritten = 0
+    for episode in episodes:
+        final = final_reward(episode)
+        if np.isnan(final):
+            continue
+        value = float(np.clip((final - mean) / spread, -clip, clip))
+        episode.set_rewards(new_data=np.full(len(episode), value, np.float32), at_indices=slice(0, len(episode)))
+        rewritten += 1
+    return rewritten
 
 
 def load_episodes(directory: str | Path) -> list[Any]:

@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,6 +98,14 @@ def save_checkpoint(algo: Any, run: RunDir, iteration: int, episodes: int, algo_
     run.set_state(iterations=iteration, checkpoint=final.name, episodes=episodes)
 
 
+def _checkpoint_episodes(checkpoint: Path) -> int:
+    """The run's episode count when ``checkpoint`` was saved (0 if it does not say)."""
+    try:
+        return int(read_json(checkpoint / "progress.json").get("episodes", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def rllib_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The scalar metrics of an ``algo.train()`` result worth a dashboard: the learners' (losses, entropy, temperature,
     ...) as ``learners/<module>/<name>`` and the env runners' episode metrics (``env_runners/galen_*``, returns)."""
@@ -126,8 +135,8 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
     from agents.baselines import play_safety_net
     from agents.policy_net import ActorNet, rollout
     from agents.recorder import start_recorder
-    from agents.replay import replay_elites, restore_replay
-    from agents.rllib import build_algo_config, prime_calibration, set_progress
+    from agents.replay import renormalise_rewards, replay_elites, restore_replay
+    from agents.rllib import build_algo_config, learn_burst, prime_calibration, set_progress
 
     name = f"galen-recorder:{hashlib.sha1(str(run.path).encode()).hexdigest()[:10]}:{os.getpid()}"
     recorder = start_recorder(name, run.path, _wandb_options(config, run))
@@ -150,14 +159,25 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
                 checkpoint, iteration, restored, primed,
             )  # fmt: skip
         count = ray.get(recorder.count.remote())
+        # the burst of learner updates at the end of the warm-up (SAC): once per run; a checkpoint saved after the
+        # warm-up holds the agent it trained
+        warmup = config.agent.warmup_for(config.episodes)
+        burst_done = config.agent.algo != "sac" or (checkpoint is not None and _checkpoint_episodes(checkpoint) >= warmup)
         with _bar(config.episodes, min(count, config.episodes), f"{config.agent.algo} search", progress) as bar:
             while count < config.episodes:
                 set_progress(algo, count)  # the exploration schedule continues from the run's episode count
                 result = algo.train()
                 iteration += 1
-                if config.agent.algo == "sac" and config.agent.elite_episodes:
-                    replay_elites(algo, config.agent.elite_episodes)
+                if config.agent.algo == "sac":
+                    if config.agent.elite_episodes:
+                        replay_elites(algo, config.agent.elite_episodes)
+                    if config.agent.reward_baseline == "buffer":
+                        renormalise_rewards(algo)  # one baseline for every buffered episode, not the one of its time
                 new_count = ray.get(recorder.count.remote())
+                if not burst_done and new_count >= warmup and new_count < config.episodes:
+                    made = learn_burst(algo, config.agent.warmup_updates * warmup)  # the warm-up ends: the actor learns before it plays
+                    burst_done = True
+                    log.info("warm-up over after %d episodes: %d learner updates before the agent plays", new_count, made)
                 summary = ray.get(recorder.summary.remote())
                 bar.update(min(new_count, config.episodes) - min(count, config.episodes))
                 bar.set_postfix_str(_postfix(summary))

@@ -129,3 +129,61 @@ def test_elite_replay_adds_a_copy_of_each_of_the_best_distinct_episodes_and_the_
     assert sorted(final_reward(e) for e in buffer.episodes) == [0.1, 0.3, 0.5, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9]
     assert save_replay(algo, tmp_path) == 9
     assert sorted(final_reward(e) for e in load_episodes(tmp_path)) == [0.1, 0.3, 0.5, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9]
+
+
+class _Target(gym.Env):
+    """One step: the reward is high when the action is near 0.3 (the untrained actor plays about 0.5)."""
+
+    def __init__(self, config: dict | None = None) -> None:
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (2,), np.float32)
+        self.action_space = gym.spaces.Box(0.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        return np.ones(2, np.float32), {}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
+        a = float(np.clip(action[0], 0.0, 1.0))
+        reward = 1.0 - abs(a - 0.3)
+        return np.ones(2, np.float32), reward, True, False, {"applied_action": np.array([a], np.float32), "reward": reward}
+
+
+def test_the_warmup_burst_trains_the_actor_before_it_plays_and_the_buffer_shares_one_reward_baseline() -> None:
+    import tempfile
+
+    import ray
+
+    from agents.replay import final_reward, renormalise_rewards
+    from agents.rllib import build_algo_config, learn_burst
+
+    tmp = tempfile.mkdtemp(prefix="galen-burst-")  # short: Ray's socket paths have a length limit
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", _temp_dir=tmp, log_to_driver=False)
+    try:
+        agent = AgentConfig(
+            warmup_episodes=40, warmup_jitter=None, env_runners=0, episodes_per_iteration=40, elite_episodes=0, train_batch_size=32
+        )
+        algo = build_algo_config(agent, _Target, {}, units=1, seed=0, episodes=400).build_algo()
+        try:
+            algo.train()  # the 40 warm-up episodes (random actions); RLlib's own schedule has made no update yet
+            buffer = algo.local_replay_buffer
+            assert len(buffer.episodes) >= 40
+            finals = np.array([final_reward(e) for e in buffer.episodes])
+            # the env runner's moving baseline gave the early episodes saturated rewards; one baseline for all
+            assert renormalise_rewards(algo) == len(buffer.episodes)
+            rewards = np.array([e.get_rewards()[0] for e in buffer.episodes])
+            assert np.allclose(rewards, np.clip((finals - finals.mean()) / finals.std(), -5, 5), atol=1e-4)
+            obs = np.ones((1, 2), np.float32)
+
+            def act() -> np.ndarray:  # the actor's deterministic action per step, env units [0, 1]
+                module = algo.env_runner.module
+                out = module.forward_inference({"obs": torch.from_numpy(obs)})
+                return (torch.tanh(out["action_dist_inputs"][:, :1]).detach().numpy().ravel() + 1) / 2
+
+            before = np.abs(act() - 0.3).mean()
+            assert learn_burst(algo, 100) == 100
+            after = np.abs(act() - 0.3).mean()  # the env runner's module got the learner's weights
+            assert after < 0.1 < before, (before, after)
+            print("burst", before, after)
+        finally:
+            algo.stop()
+    finally:
+        ray.shutdown()
