@@ -91,7 +91,7 @@ def replay_elites(algo: Any, k: int) -> int:
         final = final_reward(episode)
         if np.isnan(final):
             continue
-        key = np.asarray(episode.get_actions(slice(0, len(episode))), np.float32).round(4).tobytes()
+        key = _policy_key(episode)
         if key not in best or final > best[key][0]:
             best[key] = (final, episode)
     elites = sorted(best.values(), key=lambda item: -item[0])[:k]
@@ -111,32 +111,27 @@ def replay_elites(algo: Any, k: int) -> int:
     return len(copies)
 
 
+def _policy_key(episode: Any) -> bytes:
+    """The episode's actions, rounded: equal for copies of one episode (elites) and replays of one policy."""
+    return np.asarray(episode.get_actions(slice(0, len(episode))), np.float32).round(4).tobytes()
+
+
 def renormalise_rewards(algo: Any, min_spread: float = 0.01, clip: float = 5.0) -> int:
     """Every buffered episode's step rewards become (final - mean) / spread over the buffer's distinct episodes.
 
     Episodes without a known final reward keep theirs. Returns the number of episodes rewritten.
     """
     buffer = _buffer(algo)
-    episodes = [e for e in (getattr(buffer, "episodes", []) or []) if len(e)] if buffer is not None else []
-    finals = {}
-    for episode in episodes:
-        final = final_reward(episode)
-        if not np.isnan(final):
-            key = np.asarray(episode.get_actions(slice(0, len(episode))), np.float32).round(4).tobytes()
-            finals[key] = final
+    scored = [(e, final_reward(e)) for e in (getattr(buffer, "episodes", []) or []) if len(e)] if buffer is not None else []
+    scored = [(e, final) for e, final in scored if not np.isnan(final)]
+    finals = np.asarray(list({_policy_key(e): final for e, final in scored}.values()), np.float64)
     if len(finals) < 2:
         return 0
-    values = np.asarray(list(finals.values()), np.float64)
-    mean, spread = float(values.mean()), max(float(values.std()), min_spread)
-    rewritten = 0
-    for episode in episodes:
-        final = final_reward(episode)
-        if np.isnan(final):
-            continue
+    mean, spread = float(finals.mean()), max(float(finals.std()), min_spread)
+    for episode, final in scored:
         value = float(np.clip((final - mean) / spread, -clip, clip))
         episode.set_rewards(new_data=np.full(len(episode), value, np.float32), at_indices=slice(0, len(episode)))
-        rewritten += 1
-    return rewritten
+    return len(scored)
 
 
 def load_episodes(directory: str | Path) -> list[Any]:

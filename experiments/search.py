@@ -100,10 +100,7 @@ def save_checkpoint(algo: Any, run: RunDir, iteration: int, episodes: int, algo_
 
 def _checkpoint_episodes(checkpoint: Path) -> int:
     """The run's episode count when ``checkpoint`` was saved (0 if it does not say)."""
-    try:
-        return int(read_json(checkpoint / "progress.json").get("episodes", 0))
-    except (OSError, ValueError, AttributeError):
-        return 0
+    return int((read_json(checkpoint / "progress.json") or {}).get("episodes", 0))
 
 
 def rllib_metrics(result: dict[str, Any]) -> dict[str, float]:

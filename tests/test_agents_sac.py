@@ -182,7 +182,6 @@ def test_the_warmup_burst_trains_the_actor_before_it_plays_and_the_buffer_shares
             assert learn_burst(algo, 100) == 100
             after = np.abs(act() - 0.3).mean()  # the env runner's module got the learner's weights
             assert after < 0.1 < before, (before, after)
-            print("burst", before, after)
         finally:
             algo.stop()
     finally:
