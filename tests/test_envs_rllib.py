@@ -23,7 +23,7 @@ def test_rllib_remote_env_runner_completes_episodes(trained_resnet20) -> None:
         config = (
             PPOConfig()
             .environment(env=PruneEnv, env_config=env_config)
-            .env_runners(num_env_runners=1, rollout_fragment_length=units, num_cpus_per_env_runner=1)
+            .env_runners(num_env_runners=1, rollout_fragment_length=units, num_cpus_per_env_runner=1, sample_timeout_s=600.0)
             .training(train_batch_size_per_learner=units * 2, minibatch_size=units, num_epochs=1)
         )
         algo = config.build_algo()
