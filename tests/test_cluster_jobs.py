@@ -164,6 +164,7 @@ def test_ray_job_submit_on_a_local_head(tmp_path, trained_resnet20) -> None:
             time.sleep(5)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         assert "succeeded" in out.stdout
+        assert "episodes 3/3: " in out.stdout, out.stdout[-3000:]  # the job's log counts a baseline's episodes (no terminal)
         run_dir = Path(data["run_dir"])
         records = read_episodes(run_dir)
         assert [r["episode"] for r in records if r["source"] == "random"] == [0, 1, 2]
