@@ -96,11 +96,66 @@ def trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str) -> 
 def _wandb_callback(project: str | None, name: str) -> list[Any]:
     if not project:
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
-
     mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
     os.environ.setdefault("WANDB_MODE", mode)  # the callback's logging actors inherit the driver's environment
-    return [WandbLoggerCallback(project=project, group=name, mode=mode, log_config=True)]
+    return [_failure_marking_wandb_callback()(project=project, group=name, mode=mode, log_config=True)]
+
+
+FAILED = "failed"  # the content of the END item Tune's W&B queue gets for a trial that errored
+
+
+def _failure_marking_wandb_callback() -> type:
+    """Ray's ``WandbLoggerCallback`` whose runs of errored trials end with exit code 1 (W&B marks them failed), with
+    each run's files in its trial's folder of the sweep's storage.
+
+    Ray's own ends every trial's run with exit code 0 (``log_trial_end`` ignores ``failed``), so a crashed trial looked
+    finished on the dashboard. The classes are built here: importing Ray's W&B integration imports wandb.
+    """
+    from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
+
+    class _Finish:
+        """The wandb module as the logging actor sees it, with ``finish`` giving the trial's exit code."""
+
+        def __init__(self, module: Any) -> None:
+            self._module, self.failed = module, False
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._module, name)
+
+        def finish(self) -> None:
+            self._module.finish(exit_code=1 if self.failed else 0)
+
+    class LoggingActor(_WandbLoggingActor):
+        def run(self) -> None:
+            wandb, get = _Finish(self._wandb), self.queue.get
+
+            def watched(*args: Any, **kwargs: Any) -> Any:
+                item = get(*args, **kwargs)
+                if item[0] == _QueueItem.END and item[1] == FAILED:
+                    wandb.failed = True
+                return item
+
+            self._wandb, self.queue.get = wandb, watched
+            super().run()
+
+    class FailureMarkingCallback(WandbLoggerCallback):
+        _logger_actor_cls = LoggingActor
+
+        def _start_logging_actor(self, trial: Any, exclude_results: list[str], **kwargs: Any) -> None:
+            # The run's files in the sweep's storage: in Tune's staging folder (the default) the run of a trial that
+            # errored was never synced there, so `wandb sync` had nothing to find
+            if trial.path and "://" not in trial.path:
+                Path(trial.path).mkdir(parents=True, exist_ok=True)
+                kwargs.setdefault("dir", trial.path)
+            super()._start_logging_actor(trial, exclude_results, **kwargs)
+
+        def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+            if not failed or trial not in self._trial_queues:
+                return super().log_trial_end(trial, failed)
+            self._trial_queues[trial].put((_QueueItem.END, FAILED))
+            self._cleanup_logging_actors()
+
+    return FailureMarkingCallback
 
 
 def main(sweep: SweepConfig) -> Any:

@@ -81,19 +81,24 @@ def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet2
     offline = list(tmp_path.rglob("offline-run-*"))
     assert len(offline) >= 2, sorted(str(p) for p in tmp_path.rglob("wandb"))
     assert all(any(p.glob("*.wandb")) for p in offline)
+    assert all("got exitcode: 0" in (p / "logs" / "debug.log").read_text() for p in offline)  # finished trials: not failed
 
 
 def test_a_sweep_whose_trial_fails_exits_non_zero_and_names_the_trial(tmp_path) -> None:
     agent = {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}
     config = write_config(tmp_path, tmp_path / "no-such-checkpoint", "trial", agent, episodes=2)
     command = [sys.executable, "-m", "experiments.cli", "sweep", "--config", str(config), "--name", "bad"]
-    command += ["--storage", str(tmp_path / "sweeps"), "--trials", "1", "--params", "lr"]
-    out = subprocess.run(command, cwd=tmp_path, env=_env(WANDB_MODE="disabled"), capture_output=True, text=True, timeout=600)
+    command += ["--storage", str(tmp_path / "sweeps"), "--trials", "1", "--params", "lr", "--wandb-project", "galen-test"]
+    out = subprocess.run(command, cwd=tmp_path, env=_env(WANDB_MODE="offline"), capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     assert "FAILED" in out.stdout
     assert "galen sweep: error: 1 of 1 trials failed:" in out.stderr and "no meta.json (not a checkpoint)" in out.stderr, out.stderr[-3000:]
     error_file = out.stderr.split("(error file: ")[1].split(")")[0]
     assert Path(error_file).is_file()
+    # the trial's W&B run is marked failed (exit code 1; Ray's own callback ended it with 0)
+    offline = list((tmp_path / "sweeps").rglob("offline-run-*"))
+    assert len(offline) == 1, sorted(str(p) for p in tmp_path.rglob("wandb"))
+    assert "got exitcode: 1" in (offline[0] / "logs" / "debug.log").read_text()
 
 
 def test_a_sweep_stopped_with_sigterm_resumes_every_trial_where_it_stopped(tmp_path, trained_resnet20) -> None:
