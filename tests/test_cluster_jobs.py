@@ -1,7 +1,9 @@
-"""A Tune sweep with ASHA and W&B (offline), and ``ray job submit`` against a real local head."""
+"""Tune sweeps (two concurrent trials on a multi-node cluster, ASHA, W&B offline; a failing trial; SIGTERM and resume), and
+``ray job submit`` against a real local head."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -38,7 +41,44 @@ def _env(**extra: str) -> dict[str, str]:
     }
 
 
-def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet20) -> None:
+@contextlib.contextmanager
+def _three_nodes() -> Iterator[str]:
+    """A local multi-node cluster (a head and two workers, one CPU each) with its own temp dir; yields its address.
+
+    The test process starts the nodes but does not join as a driver (the sweep and the checks run in their own processes).
+    """
+    from ray.cluster_utils import Cluster
+
+    tmp = tempfile.mkdtemp(prefix="galen-sw-")  # short: Ray's socket paths have a length limit
+    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
+    os.environ.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled")
+    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+SHARED_ACTORS = """
+import json, ray
+from ray._private.state import actors
+ray.init(address="ADDRESS", logging_level="ERROR")
+fields = ("Name", "State", "IsDetached", "NumRestarts")
+print(json.dumps([{k: a[k] for k in fields} for a in actors().values() if a["Name"].startswith("galen-latency")]))
+"""
+
+
+def test_two_concurrent_sweep_trials_on_a_multi_node_cluster_with_asha_and_wandb_offline(tmp_path, trained_resnet20) -> None:
     agent = {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}
     config = write_config(tmp_path, trained_resnet20.path, "trial", agent, episodes=3)
     command = [
@@ -54,6 +94,8 @@ def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet2
         str(tmp_path / "sweeps"),
         "--trials",
         "2",
+        "--max-concurrent",
+        "2",
         "--grace-period",
         "1",
         "--params",
@@ -61,18 +103,31 @@ def test_sweep_two_trials_with_asha_logs_wandb_offline(tmp_path, trained_resnet2
         "--wandb-project",
         "galen-test",
     ]
-    out = subprocess.run(command, cwd=tmp_path, env=_env(WANDB_MODE="offline"), capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with _three_nodes() as address:
+        env = _env(WANDB_MODE="offline", RAY_ADDRESS=address, GALEN_HOME=os.environ["GALEN_HOME"])
+        out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        check = [sys.executable, "-c", SHARED_ACTORS.replace("ADDRESS", address)]
+        shared = subprocess.run(check, env=env, capture_output=True, text=True, timeout=120)
+        assert shared.returncode == 0, shared.stderr[-3000:]
     assert "2 trials, by reward_mean_10" in out.stdout
     trials = [p for p in (tmp_path / "sweeps" / "sw").iterdir() if p.is_dir() and (p / "run").is_dir()]
     assert len(trials) == 2
-    sampled = []
+    sampled, spans = [], []
     for trial in trials:
-        assert len(read_episodes(trial / "run")) >= 1
+        records = read_episodes(trial / "run")
+        assert len(records) >= 1
+        spans.append((records[0]["time"], records[-1]["time"]))
         agent_config = yaml.safe_load((trial / "run" / "config.yaml").read_text())["agent"]  # the trial's own snapshot
         sampled.append((agent_config["lr"], agent_config["gamma"]))
         assert 1e-4 <= agent_config["lr"] <= 3e-3 and 0.9 <= agent_config["gamma"] <= 1.0
     assert sampled[0] != sampled[1], "the searcher gave both trials the same hyperparameters"
+    assert max(start for start, _ in spans) < min(end for _, end in spans), f"the trials did not run at the same time: {spans}"
+    # The shared latency and cache actors outlived the trial that created them: alive, detached, never restarted (inside
+    # that trial's placement group they died with it and the other trial failed)
+    actors = json.loads(shared.stdout.strip().splitlines()[-1])
+    assert sorted(a["Name"].split(":")[0] for a in actors) == ["galen-latency", "galen-latency-cache"], actors
+    assert all(a["State"] == "ALIVE" and a["IsDetached"] and a["NumRestarts"] == 0 for a in actors), actors
     written = json.loads((tmp_path / "sweeps" / "sw" / "sweep.json").read_text())["trials"]
     assert sorted(t["trial"] for t in written) == sorted(t.name for t in trials) and all(t["status"] == "ok" for t in written)
     keys = set().union(*(t["metrics"] for t in written))
