@@ -12,7 +12,7 @@ setup: $(STAMP) dataset
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-compile -c constraints.txt -e ".[dev,openvino]"
 	@# Byte-compiled once here, in parallel: where PYTHONDONTWRITEBYTECODE is set (this project's machines and CI), every
 	@# process (each search, each Ray worker and actor) otherwise compiled ray, torch and rllib again (import 13 s -> 6.5 s).
 	@# Test folders are skipped; a package file in a newer Python's syntax fails to compile and is left as it is.

@@ -61,6 +61,7 @@ def list_targets(config: ListConfig) -> None:
     for name, target in sorted(targets.items()):
         bits = f"w{'/'.join(map(str, target.weight_bits))} a{'/'.join(map(str, target.activation_bits))}"
         print(f"{name:<14} {target.runtime}, {target.threads} thread(s), batch {target.batch_size}, {bits}  {target.description}")
+        print(f"{'':<14} runtime here: {_runtime_here(target.runtime)}")
         if connected:
             served = nodes[name]
             print(f"{'':<14} served by: {', '.join(served) if served else 'no node (join one with --labels=hardware=' + name + ')'}")
@@ -68,6 +69,16 @@ def list_targets(config: ListConfig) -> None:
             print(f"{'':<14} served by: this machine ({cpu_model()})")
         else:
             print(f"{'':<14} served by: nodes labelled hardware={name} (connect with --address or RAY_ADDRESS to list them)")
+
+
+def _runtime_here(name: str) -> str:
+    """The runtime's version on this machine, or how to install it (a device node may have it where this one does not)."""
+    from hardware.runtime import RuntimeMissingError, get_runtime
+
+    try:
+        return f"{name} {get_runtime(name).version}"
+    except RuntimeMissingError as error:
+        return f"not installed ({str(error).split('; ')[-1]})"
 
 
 def check(config: CheckConfig) -> dict:

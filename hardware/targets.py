@@ -19,7 +19,7 @@ import yaml
 
 BUILTIN_DIR = Path(__file__).parent / "targets"
 LABEL_KEY = "hardware"
-RUNTIMES = ("onnxruntime",)  # OpenVINO: planned, not installed or tested here
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 class TargetError(ValueError):

@@ -111,10 +111,28 @@ def test_hardware_list_and_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert 0.85 < float(rows["fp32"][5]) < 1.15 and float(rows["int8"][5]) < 0.8  # int8 kernels really run faster
 
 
+def test_openvino_and_two_thread_targets_are_listed_and_time_the_same_artifact(capsys: pytest.CaptureFixture[str]) -> None:
+    import openvino
+
+    assert cli.main(["hardware", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "openvino-cpu   openvino, 1 thread(s), batch 1, w8/32 a8/32" in out
+    assert f"runtime here: openvino {openvino.__version__}" in out
+    assert "local-cpu-2t   onnxruntime, 2 thread(s), batch 1" in out
+    assert cli.main(["hardware", "check", "openvino-cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"target openvino-cpu: openvino {openvino.__version__} ")
+    rows = {line.split()[0]: line.split() for line in lines[3:5]}
+    assert 0.85 < float(rows["fp32"][5]) < 1.15 and float(rows["int8"][5]) < 1.0  # its int8 kernels run (checked per layer)
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["hardware", "check", "tpu"], "galen hardware: error: unknown hardware target 'tpu'; known targets: arm-board, local-cpu\n"),
+        (
+            ["hardware", "check", "tpu"],
+            "galen hardware: error: unknown hardware target 'tpu'; known targets: arm-board, local-cpu, local-cpu-2t, openvino-cpu\n",
+        ),
         (
             ["hardware", "check", "arm-board"],
             "galen hardware: error: hardware target 'arm-board' is served by Ray nodes labelled hardware=arm-board; "

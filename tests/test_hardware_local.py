@@ -27,7 +27,8 @@ def test_builtin_targets() -> None:
 
 
 def test_unknown_target_lists_known_ones() -> None:
-    with pytest.raises(TargetError, match=r"^unknown hardware target 'tpu-v9'; known targets: arm-board, local-cpu$"):
+    known = "arm-board, local-cpu, local-cpu-2t, openvino-cpu"
+    with pytest.raises(TargetError, match=rf"^unknown hardware target 'tpu-v9'; known targets: {known}$"):
         get_target("tpu-v9")
 
 
@@ -210,3 +211,27 @@ def test_what_a_device_node_imports_needs_no_torch_and_no_onnx() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_openvino_runs_each_layer_in_the_precision_the_artifact_asks_and_a_mismatch_is_an_error() -> None:
+    from compression.policy import Precision
+    from hardware.runtime import OpenVinoRuntime, RuntimePrecisionError
+
+    torch.manual_seed(0)
+    model, x = build_model("resnet20", 1, 10).eval(), torch.randn(1, 1, 32, 32)
+    structure = discover(model, x)
+    half = CompressionPolicy(precision={n: Precision(8, 8) for i, n in enumerate(structure.layer_names) if i % 2 == 0})
+    mixed = compress(model, half, x, torch.randn(8, 1, 32, 32), structure=structure).artifact
+    runtime = OpenVinoRuntime()
+    runs = runtime.check(runtime.compile(mixed.data, 1, 1), mixed.data)
+    # layer by layer what ONNX Runtime runs too (the artifact's own check, compression.export.verify_artifact)
+    assert runs == {layer.node: layer.runs for layer in mixed.layers} and set(runs.values()) == {"int8", "fp32"}
+    prepared = runtime.prepare(mixed.data, threads=1, batch_size=1)
+    assert prepared.input_shape == (1, 1, 32, 32) and prepared.run() is not None
+    # what OpenVINO compiled is not the artifact (here: the float model checked against the mixed one): refused
+    float_model = compress(model, CompressionPolicy(), x, torch.randn(8, 1, 32, 32), structure=structure).artifact
+    with pytest.raises(RuntimePrecisionError, match=r"^ONNX node '/conv1/Conv': the artifact asks int8 but OpenVINO runs it in fp32"):
+        runtime.check(runtime.compile(float_model.data, 1, 1), mixed.data)
+    # and the target measures through it like any other
+    m = measure(mixed.data, get_target("openvino-cpu"), float_model.data)
+    assert m.runtime == "openvino" and 0.2 < m.ratio < 1.5
