@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.baselines import OptunaAskTell, TPESearch, play_safety_net, run_baseline, safety_net, stage_groups, uniform_grid
+from agents.baselines import OptunaAskTell, TPESearch, play, play_safety_net, run_baseline, safety_net, stage_groups, uniform_grid
 from agents.recorder import EpisodeLog, read_episodes
 from envs import JointEnv, PruneEnv
 
@@ -112,3 +112,26 @@ def test_nsga2_optimises_accuracy_and_cost_under_the_budget_constraint(env_confi
     assert all(
         t.user_attrs["over_budget"] == r["cost_ratio"] / env.config.target_ratio - 1 for t, r in zip(study.trials, records, strict=True)
     )
+
+
+def test_the_safety_net_times_afresh_a_cached_reading_over_budget_before_it_decides(env_config, monkeypatch) -> None:
+    import dataclasses
+
+    env = JointEnv({**env_config, "target_ratio": 0.95})
+    nets = safety_net(env)  # chosen on real timings
+    client, confirmed = env.ctx.client, []
+    real_measure, real_confirm = client.measure, client.confirm
+
+    def disturbed(candidate: bytes, reference: bytes | None = None):  # the cache holds a timing taken under load
+        return dataclasses.replace(real_measure(candidate, reference), ratio=0.99, cached=True)
+
+    def confirm(candidate: bytes, reference: bytes | None = None, times: int = 3):
+        confirmed.append(candidate)
+        return real_confirm(candidate, reference, times)
+
+    monkeypatch.setattr(client, "measure", disturbed)
+    monkeypatch.setattr(client, "confirm", confirm)
+    with env.unguarded():  # as play_safety_net plays it: no wall, no repair
+        info = play(env, nets[0])
+    assert len(confirmed) == 1 and info["latency_ratio"] < 0.99 and not info["latency_cached"]
+    assert info["within_budget"]
