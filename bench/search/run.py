@@ -364,9 +364,9 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
     lines.append("")
     lines.append(
         "| model | budget | method | seeds | within budget (strict / +3%) | best val. acc. | after fine-tune | "
-        "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode |"
+        "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode | CPU |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
             continue
@@ -379,7 +379,8 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 accuracies = f"{_fmt(c['best_accuracy'])} | {_fmt(c['best_accuracy_after_finetune'])}"
                 lines.append(
                     f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | {rates} | {accuracies} | "
-                    f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} | {c['seconds_per_episode'] or 0:.1f} |"
+                    f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} | {c['seconds_per_episode'] or 0:.1f} | "
+                    f"{_short_cpu(c)} |"
                 )
     lines.append("")
     fidelity_path = REPO / "bench" / "results" / "fidelity.json"
@@ -404,6 +405,12 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     readme.write_text(text)
+
+
+def _short_cpu(cell: dict[str, Any]) -> str:
+    """The CPUs a cell's seeds were re-measured on (cells are compared within one machine only)."""
+    names = sorted({s.get("cpu") or "?" for s in cell["seeds"]})
+    return ", ".join(n.replace("(R)", "").replace(" Processor", "").split(" with ")[0] for n in names)
 
 
 def fidelity_line(f: dict[str, Any]) -> str:
