@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from agents.recorder import read_episodes
+from tests.ray_env import ray_temp_dir
 from tests.test_search_runs import REPO, write_config
 
 BIN = Path(sys.executable).parent
@@ -49,24 +50,15 @@ def _three_nodes() -> Iterator[str]:
     """
     from ray.cluster_utils import Cluster
 
-    tmp = tempfile.mkdtemp(prefix="galen-sw-")  # short: Ray's socket paths have a length limit
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
-    os.environ.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE="disabled")
-    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp})
-    try:
-        for _ in range(2):
-            cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        yield cluster.address
-    finally:
-        cluster.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(tmp, ignore_errors=True)
+    with ray_temp_dir("galen-sw-") as tmp:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp})
+        try:
+            for _ in range(2):
+                cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
+            yield cluster.address
+        finally:
+            cluster.shutdown()
 
 
 SHARED_ACTORS = """

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from compression.pipeline import compress
 from compression.policy import CompressionPolicy
 from hardware.client import LatencyClient, TargetUnavailableError
 from hardware.targets import parse_target
+from tests.ray_env import ray_temp_dir
 from workloads.models import build_model
 
 FAST = {"warmup": 2, "rounds": 3, "runs_per_round": 10}
@@ -29,27 +29,18 @@ def cluster():
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    tmp = tempfile.mkdtemp(prefix="galen-ray-")
-    saved = {k: os.environ.get(k) for k in ("RAY_TMPDIR", "RAY_AUTH_MODE")}
-    os.environ["RAY_TMPDIR"] = tmp  # Ray writes its "current cluster" pointer here, not in /tmp/ray
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.makedirs(os.path.join(tmp, "ray"), exist_ok=True)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp})
-    nodes = {
-        "dev-a": cluster.add_node(num_cpus=1, labels={"hardware": "dev-a"}, resources={"dev-a": 1}),
-        "dev-b": cluster.add_node(num_cpus=1, labels={"hardware": "dev-b"}, resources={"dev-b": 1}),
-    }
-    ray.init(address=cluster.address, logging_level="ERROR")
-    try:
-        yield cluster, nodes
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with ray_temp_dir("galen-ray-") as tmp:
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": tmp})
+        nodes = {
+            "dev-a": cluster.add_node(num_cpus=1, labels={"hardware": "dev-a"}, resources={"dev-a": 1}),
+            "dev-b": cluster.add_node(num_cpus=1, labels={"hardware": "dev-b"}, resources={"dev-b": 1}),
+        }
+        ray.init(address=cluster.address, logging_level="ERROR")
+        try:
+            yield cluster, nodes
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
