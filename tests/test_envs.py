@@ -262,7 +262,7 @@ def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict
     [
         ({"checkpoint": None, "model": "resnet1000"}, ValueError, r"^unknown model 'resnet1000'; registered models: resnet20, "),
         ({"model": "resnet56"}, EnvConfigError, r"^env config: checkpoint .* holds model 'resnet20' but field 'model' is 'resnet56'$"),
-        ({"target": "tpu"}, TargetError, r"^unknown hardware target 'tpu'; known targets: arm-board, local-cpu$"),
+        ({"target": "tpu"}, TargetError, r"^unknown hardware target 'tpu'; known targets: arm-board, local-cpu, local-cpu-2t, openvino"),
         ({"target_ratio": 0.0}, EnvConfigError, r"^env config: field 'target_ratio' is 0.0; allowed: a number in \(0, 1\]$"),
         ({"target_ratio": 1.5}, EnvConfigError, r"^env config: field 'target_ratio' is 1.5; allowed: a number in \(0, 1\]$"),
         (
