@@ -209,16 +209,16 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
 
     episode_log = EpisodeLog(run.path, _wandb_options(config, run))
     try:
-        initial = min(episode_log.count(), config.episodes)
-        with _bar(config.episodes, initial, f"{config.agent.algo} baseline", progress) as bar:
-            done = [initial]  # counted here: a disabled tqdm bar (--no-progress) does not count its updates
+        done = min(episode_log.count(), config.episodes)  # counted here: a disabled tqdm bar (--no-progress) does not count
+        with _bar(config.episodes, done, f"{config.agent.algo} baseline", progress) as bar:
 
             def tick(record: dict[str, Any]) -> None:
-                done[0] += 1
+                nonlocal done
+                done += 1
                 bar.update(1)
                 bar.set_postfix_str(_postfix(episode_log.summary()))
-                if done[0] % BASELINE_LOG_EVERY == 0 or done[0] >= config.episodes:
-                    _log_progress(bar, min(done[0], config.episodes), config.episodes, episode_log.summary())
+                if done % BASELINE_LOG_EVERY == 0 or done >= config.episodes:
+                    _log_progress(bar, min(done, config.episodes), config.episodes, episode_log.summary())
 
             env.ctx.replay_observations(episode_log.records)  # a resumed run keeps its online calibration
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]

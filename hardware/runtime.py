@@ -1,7 +1,8 @@
 """Runtimes that execute a deployable ONNX artifact on the device: ONNX Runtime (x86 and aarch64) and OpenVINO.
 
 A runtime is one class: ``name``, ``version``, ``prepare`` (load the artifact, fix an input, return
-something to time by calling it) and ``precisions`` (what each layer of the artifact actually runs).
+something to time by calling it) and a check of what each layer actually runs (OpenVINO: ``check``, called
+by ``prepare``; ONNX Runtime's is ``compression.export.verify_artifact``, run when the artifact is built).
 Adding one (TVM, LiteRT, ExecuTorch) is such a class in ``RUNTIME_CLASSES`` plus a target YAML that
 names it (``docs/hardware.md``). Every runtime times the same artifact: one ONNX file with int8 layers
 as QuantizeLinear/DequantizeLinear pairs (QDQ) around them, float layers without.
@@ -91,7 +92,7 @@ class OpenVinoRuntime:
 
     name = "openvino"
     # OpenVINO's runtime precision per executed op -> what the policy calls it
-    LABELS = {"u8": "int8", "i8": "int8", "f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+    LABELS = {"u8": "int8", "i8": "int8", "f32": "fp32"}  # others (bf16, f16) keep OpenVINO's name
 
     def __init__(self) -> None:
         try:
@@ -107,11 +108,12 @@ class OpenVinoRuntime:
         return self._ov.__version__
 
     def compile(self, data: bytes, threads: int, batch_size: int) -> Any:
-        model = self._ov.Core().read_model(data)
+        core = self._ov.Core()
+        model = core.read_model(data)
         shape = [batch_size if d.is_dynamic else d.get_length() for d in model.inputs[0].get_partial_shape()]
         model.reshape({model.inputs[0]: shape})
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
-        return self._ov.Core().compile_model(model, "CPU", config)
+        return core.compile_model(model, "CPU", config)
 
     def prepare(self, data: bytes, threads: int, batch_size: int, seed: int = 0) -> Prepared:
         compiled = self.compile(data, threads, batch_size)
@@ -122,9 +124,10 @@ class OpenVinoRuntime:
         request.set_input_tensor(self._ov.Tensor(np.random.default_rng(seed).standard_normal(shape).astype(np.float32)))
         return Prepared(request.infer, port.get_any_name(), shape)
 
-    def precisions(self, compiled: Any, data: bytes) -> dict[str, str]:
-        """Per weighted ONNX node of ``data``: the precision OpenVINO's compiled model runs it in (its runtime model's
-        ``runtimePrecision``), found by the node's or its outputs' names among each op's ``originalLayersNames``."""
+    def precisions(self, compiled: Any, intended: dict[str, tuple[str, set[str]]]) -> dict[str, str]:
+        """Per weighted ONNX node (``intended_precisions`` of the artifact): the precision OpenVINO's compiled model runs
+        it in (its runtime model's ``runtimePrecision``), found by the node's or its outputs' names among each op's
+        ``originalLayersNames``."""
         executed = []
         for op in compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
@@ -132,8 +135,8 @@ class OpenVinoRuntime:
                 names = info["originalLayersNames"].astype(str).split(",")
                 executed.append((names, info["runtimePrecision"].astype(str)))
         result = {}
-        for node, (_, aliases) in intended_precisions(data).items():
-            found = [p for names, p in executed if any(n in aliases or n.split("/WithoutBiases")[0] in aliases for n in names)]
+        for node, (_, aliases) in intended.items():
+            found = [p for names, p in executed if any(n.split("/WithoutBiases")[0] in aliases for n in names)]
             if not found:
                 raise RuntimePrecisionError(f"ONNX node {node!r}: not found among the layers OpenVINO compiled")
             result[node] = self.LABELS.get(found[0], found[0])
@@ -141,11 +144,12 @@ class OpenVinoRuntime:
 
     def check(self, compiled: Any, data: bytes) -> dict[str, str]:
         """``precisions``, raising RuntimePrecisionError at the first layer that runs otherwise than the artifact asks."""
-        runs = self.precisions(compiled, data)
-        for node, (intended, _) in intended_precisions(data).items():
-            if runs[node] != intended:
+        intended = intended_precisions(data)  # parsed once for both the lookup and the comparison
+        runs = self.precisions(compiled, intended)
+        for node, (asked, _) in intended.items():
+            if runs[node] != asked:
                 raise RuntimePrecisionError(
-                    f"ONNX node {node!r}: the artifact asks {intended} but OpenVINO runs it in {runs[node]} (a timing of "
+                    f"ONNX node {node!r}: the artifact asks {asked} but OpenVINO runs it in {runs[node]} (a timing of "
                     "this model would not be a timing of the artifact)"
                 )
         return runs
