@@ -46,6 +46,7 @@ RECORD_FIELDS = (
     "predicted_ratio",
     "clamped_steps",
     "repaired",
+    "filled",
     "remeasured",
     "policy",
     "seconds",

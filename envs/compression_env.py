@@ -22,6 +22,7 @@ from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
 from envs.wall import Option, Wall, by_compression
 from hardware.client import LatencyClient, fastest_reference
+from hardware.protocol import Measurement
 
 ACTION_DIMS = {"prune": 1, "quantize": 1, "joint": 2}
 STATIC_FEATURES = 8
@@ -375,15 +376,17 @@ class CompressionEnv(gym.Env):
     def _finish_episode(self) -> dict[str, Any]:
         start = time.perf_counter()
         ctx, config = self.ctx, self.config
-        policy, repaired = self.policy(), 0
+        policy, repaired, filled = self.policy(), 0, 0
         if config.budget_guard:
             policy, repaired = self.wall.repair(policy, self.limit(), self.sensitivity_loss)
+            if config.fill:
+                policy, filled = self.wall.fill(policy, self.limit(), self.sensitivity_loss)
         compressed = self.build_compressed(policy)
         seconds_build = time.perf_counter() - start
         start_latency = time.perf_counter()
         measured = config.objective == "latency" and config.latency_source == "measure"
         guarded = config.budget_guard and measured
-        # A measurement over budget decides the episode: it is confirmed (the median of three fresh timings) first, with
+        # A measurement over budget decides the episode: it is confirmed (the lowest of three fresh timings) first, with
         # the wall or without (the safety net, the uniform grid: a timing cached while the machine was loaded put the
         # safety net's 75.4% policy at 45.6% of the latency, over a 40% budget, where it measures 38%).
         # When the policy is still over, the predictor missed (a float island between int8 layers whose conversions it
@@ -424,6 +427,7 @@ class CompressionEnv(gym.Env):
             "predicted_ratio": predicted_ratio,
             "clamped_steps": self._clamped,
             "repaired": repaired,
+            "filled": filled,
             "remeasured": remeasured,
             "macs": c.macs,
             "bops": c.bops,
@@ -436,11 +440,18 @@ class CompressionEnv(gym.Env):
             "seconds": {"build": seconds_build, "latency": seconds_latency},
         }
 
+    SURPRISE = 0.10  # a timing this far above the predicted ratio is confirmed like one over budget
+    CONFIRM_ROUNDS = 3  # rounds of three fresh timings (2 s apart) while the lowest reading stays over or surprising
+
     def _latency(self, policy: CompressionPolicy, compressed: Compressed, confirm: bool = False) -> tuple[float, float, bool | None, float]:
         """(latency ms, ratio to the uncompressed model, cached, predicted ratio) of a built policy.
 
-        Measured on the target (cache first; with ``confirm``, a result over budget is confirmed by three fresh
-        timings) and fed to the predictor's online calibration, or predicted.
+        Measured on the target (cache first; with ``confirm``, a result over budget, or for latency more than
+        ``SURPRISE`` above the prediction, is confirmed by up to ``CONFIRM_ROUNDS`` rounds of three fresh timings, the
+        lowest kept) and fed to the predictor's online calibration, or predicted. A reading within budget but far above
+        the prediction is mostly a timing taken in the VM's slow mode (``LatencyClient.confirm``); kept, it raised the
+        wall's margin to its 15% cap, and the wall then left 5 of the 40 points of ResNet-20's budget unused in every
+        episode (AMD EPYC).
         """
         ctx, config = self.ctx, self.config
         predicted_ratio = ctx.analytic_cost(policy) / ctx.analytic_reference_cost()
@@ -450,8 +461,13 @@ class CompressionEnv(gym.Env):
             return latency_ms, latency_ms / ctx.predictor.predict(ctx.reference_specs), None, predicted_ratio
         artifact = compressed.artifact.data
         m = ctx.client.measure(artifact, ctx.reference)
-        if confirm and m.ratio > config.target_ratio:
-            m = ctx.client.confirm(artifact, ctx.reference)
+
+        def settled(reading: Measurement) -> bool:  # within budget and, for latency, not far above the prediction
+            surprise = config.objective == "latency" and reading.ratio > predicted_ratio * (1.0 + self.SURPRISE)
+            return reading.ratio <= config.target_ratio and not surprise
+
+        if confirm and not settled(m):
+            m = ctx.client.confirm(artifact, ctx.reference, until=settled, rounds=self.CONFIRM_ROUNDS)
         if config.objective == "latency":
             ctx.observe_latency(specs, predicted_ratio, m.ratio)  # online calibration of the predictor
         return m.candidate.median_ms, m.ratio, m.cached, predicted_ratio

@@ -69,6 +69,7 @@ class EnvConfig:
     target_ratio: float = 0.25  # T = target_ratio x C(uncompressed)
     reward: str = "accuracy"  # accuracy within budget (envs.rewards); galen: Galen's acc - 5|C/T - 1|
     budget_guard: bool = True  # the action wall and the repair pass (envs.wall): every episode feasible by construction
+    fill: bool = True  # with the wall: after the repair, widen groups while the predicted cost stays within the limit
     repair_rounds: int = 2  # latency: times the repair pass may go on when the target measures the repaired policy over budget
     precision_align: str = "layer"  # layer: each its own precision; block | stage: a block's / stage's first layer decides
     # paced: action 0.5 keeps the widest uniform level the rest can still afford, lower and higher actions go below and

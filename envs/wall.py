@@ -23,7 +23,9 @@ layer, or both). The wall allows the options for which
 The requested option is kept when allowed, otherwise the allowed option closest to it in action
 space is taken. If no option can reach the budget (a budget below the model's floor), the most
 compressed one is. The repair pass then lowers, while the cost is over the limit, the decision
-whose next option buys the most cost per unit of sensitivity lost.
+whose next option buys the most cost per unit of sensitivity lost; the fill pass, its mirror, widens
+while the cost stays within the limit the group whose next wider keep recovers the most sensitivity
+per unit of cost added, so that no episode leaves budget unused.
 """
 
 from __future__ import annotations
@@ -197,6 +199,36 @@ class Wall:
             policy, current, moves = best[0], best[1], moves + 1
         return policy, moves
 
+    def fill(self, policy: CompressionPolicy, limit: float, loss: LossFn) -> tuple[CompressionPolicy, int]:
+        """Widen decisions while ``cost(policy)`` stays within ``limit``; returns the policy and how many were widened.
+
+        The mirror of ``repair``: a move is one channel step more for one unit (its precision unchanged: a float layer
+        among int8 ones adds conversions the per-layer predictor under-counts), the one that recovers the most
+        sensitivity per unit of cost added; a move that costs nothing is taken first. Measured on ResNet-20 at 40%
+        (AMD EPYC, SAC, 80 episodes): two seeds of three ended with the last stage's residual group at 0.28-0.30 keep
+        and 31-33% of the latency, 7-9 points of budget unused, at 36% accuracy.
+        """
+        moves = 0
+        current = self.cost(policy)
+        while True:
+            best, best_score = None, -math.inf
+            for unit in self.units:
+                option = self._current(policy, unit)
+                wider = self._wider(unit, option)
+                if wider is None:
+                    continue
+                candidate = self._with(policy, unit, wider)
+                cost = self.cost(candidate)
+                if cost > limit:
+                    continue
+                recovered = max(loss(unit, option) - loss(unit, wider), 0.0)
+                score = (recovered + 1e-9) / (max(cost - current, 0.0) + 1e-9)
+                if score > best_score:
+                    best, best_score = (candidate, cost), score
+            if best is None:
+                return policy, moves
+            (policy, current), moves = best, moves + 1
+
     def unify_precision(self, policy: CompressionPolicy) -> tuple[CompressionPolicy, int]:
         """``policy`` with every unit at the most common precision of its units (widths unchanged) and how many units
         changed: a float layer among int8 ones costs two conversions the per-layer predictor under-counts."""
@@ -248,6 +280,14 @@ class Wall:
     def _current(self, policy: CompressionPolicy, unit: str) -> Option:
         group, layer = self.keep_unit[unit], self.precision_unit[unit]
         return Option(policy.keep_ratio(group) if group else None, policy.precision_of(layer) if layer else None)
+
+    def _wider(self, unit: str, option: Option) -> Option | None:
+        """The next wider keep of a unit at its precision (None: it decides no keep, or keeps everything)."""
+        if option.keep is None:
+            return None
+        keeps = sorted({o.keep for o in self.options[unit] if o.keep is not None and o.precision == option.precision})
+        larger = [k for k in keeps if k > option.keep + 1e-9]
+        return Option(larger[0], option.precision) if larger else None
 
     def _lower(self, unit: str, option: Option) -> list[Option]:
         """The next more compressed option in each dimension (one channel step less, or the next lower precision)."""

@@ -125,9 +125,9 @@ def test_the_safety_net_times_afresh_a_cached_reading_over_budget_before_it_deci
     def disturbed(candidate: bytes, reference: bytes | None = None):  # the cache holds a timing taken under load
         return dataclasses.replace(real_measure(candidate, reference), ratio=0.99, cached=True)
 
-    def confirm(candidate: bytes, reference: bytes | None = None, times: int = 3):
+    def confirm(candidate: bytes, reference: bytes | None = None, **kwargs):
         confirmed.append(candidate)
-        return real_confirm(candidate, reference, times)
+        return real_confirm(candidate, reference, **kwargs)
 
     monkeypatch.setattr(client, "measure", disturbed)
     monkeypatch.setattr(client, "confirm", confirm)

@@ -142,7 +142,7 @@ def test_relative_wall_maps_every_action_into_the_allowed_options(config: dict) 
 
 
 def test_paced_wall_plays_the_widest_affordable_uniform_level_at_one_half_and_moves_budget_between_layers(config: dict) -> None:
-    env = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5})
+    env = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5, "fill": False})  # the steps' choices, not the fill's
     assert env.config.wall_mode == "paced"
     env.reset(seed=0)
     level = env.wall.pace(env.policy(), 0, env.limit(), 0)
@@ -199,6 +199,29 @@ def test_repair_pass_lowers_the_cheapest_to_lose_decisions_until_the_budget_hold
             / (env.sensitivity_loss(g, env.wall.options[g][-2]) + 1e-6)
         ),
     )
+
+
+def test_fill_pass_widens_groups_until_the_budget_is_used(config: dict) -> None:
+    from compression.policy import CompressionPolicy
+
+    env = PruneEnv({**config, "objective": "macs", "target_ratio": 0.5})
+    limit, cost = env.limit(), env.ctx.analytic_cost
+    narrow = CompressionPolicy({g: env._keep_ratios(g)[0] for g in env.units})
+    filled, moves = env.wall.fill(narrow, limit, env.sensitivity_loss)
+    assert moves > 0 and cost(narrow) < cost(filled) <= limit
+    for g in env.units:  # no group's next wider keep fits any more
+        keeps = env._keep_ratios(g)
+        k = filled.keep_ratio(g)
+        assert k >= keeps[0]
+        if k < keeps[-1]:
+            assert cost(CompressionPolicy({**filled.keep, g: keeps[keeps.index(k) + 1]})) > limit
+    # an episode of the narrowest actions the wall allows: with the fill it uses the budget, without it leaves some
+    actions = np.zeros((len(env.units), 1))
+    _, _, on = _run(env, actions)
+    _, _, off = _run(PruneEnv({**config, "objective": "macs", "target_ratio": 0.5, "fill": False}), actions)
+    assert off["filled"] == 0 and on["filled"] > 0
+    assert off["macs_ratio"] < on["macs_ratio"] <= 0.5 and on["within_budget"]
+    assert on["accuracy"] >= off["accuracy"] - 0.02, (on["accuracy"], off["accuracy"])
 
 
 def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_it(config: dict) -> None:

@@ -156,9 +156,24 @@ def test_confirm_times_afresh_and_replaces_a_disturbed_cached_timing(tmp_path: P
     client._cache_put(client.key(artifacts["half"], artifacts["reference"]), disturbed.to_dict())
     assert client.measure(artifacts["half"], artifacts["reference"]).ratio == pytest.approx(first.ratio * 3)
     confirmed = client.confirm(artifacts["half"], artifacts["reference"])
-    assert not confirmed.cached and client.stats()["timings"] == 4  # three fresh timings
+    assert not confirmed.cached and client.stats()["timings"] == 4  # three fresh timings, the lowest ratio kept
     assert confirmed.ratio < first.ratio * 2  # the disturbed value is gone ...
     assert client.measure(artifacts["half"], artifacts["reference"]).ratio == confirmed.ratio  # ... from the cache too
+
+
+def test_confirm_keeps_the_lowest_of_its_fresh_timings(tmp_path: Path, artifacts, monkeypatch) -> None:
+    import dataclasses
+
+    from hardware.client import LatencyClient
+
+    client = LatencyClient(parse_target({"name": "local-x", "local": True, "measurement": FAST}), cache=tmp_path / "latency.sqlite")
+    real = client.measure(artifacts["half"], artifacts["reference"])
+    # the VM's slow mode: two of three timings read 30% high, the reference's own time unchanged
+    readings = iter([real.ratio * 1.3, real.ratio, real.ratio * 1.3])
+    monkeypatch.setattr(client, "_time", lambda candidate, reference: dataclasses.replace(real, ratio=next(readings), cached=False))
+    confirmed = client.confirm(artifacts["half"], artifacts["reference"])
+    assert confirmed.ratio == real.ratio
+    assert client.measure(artifacts["half"], artifacts["reference"]).ratio == real.ratio  # and the cache holds it
 
 
 def test_a_timing_taken_while_the_reference_runs_slow_is_taken_again(tmp_path: Path, artifacts, monkeypatch) -> None:
