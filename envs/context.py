@@ -9,6 +9,7 @@ env runner with the same settings share one context.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -203,18 +204,32 @@ class EnvContext:
             # Each model is timed interleaved with the reference and enters the fit as ratio x the reference's time: a
             # candidate's own median drifted up to 1.9x between runs here (shared 2-core box), the ratio by a few percent.
             reference_ms = self.client.measure(self.reference, self.reference).candidate.median_ms
-            timed = []
-            for policy in policies[1:]:
-                artifact = compress(self.model, policy, self.example, self.calibration, structure=s, round_to=self.config.round_to).artifact
-                timed.append((artifact.data, self.client.measure(artifact.data, self.reference)))
-            # A timing taken in the VM's slow state (its reference well above the fastest one here) is timed again, and
-            # the cache corrected: a ResNet-56 anchor cached at 0.48 (it measures 0.36) made the wall force the floor.
-            fastest = min(m.reference.median_ms for _, m in timed if m.reference is not None)
-            ratios = [1.0]
-            for data, m in timed:
-                if m.reference is not None and m.reference.median_ms > fastest * self.SLOW_REFERENCE:
-                    m = self.client.retime(data, self.reference, m)
-                ratios.append(m.ratio)
+
+            # A process that finds the calibration's timings stored under its policies' names (an earlier process on this
+            # cache, same reference model, target and runtime) builds none of the 13 models; else they are built and timed.
+            def build(policy: CompressionPolicy) -> bytes:
+                return compress(
+                    self.model, policy, self.example, self.calibration, structure=s, round_to=self.config.round_to
+                ).artifact.data
+
+            names = [self._calibration_name(p) for p in policies[1:]]
+            remembered = [self.client.remembered(name, self.reference) for name in names]
+            if all(m is not None for m in remembered):
+                ratios = [1.0] + [m.ratio for m in remembered]
+            else:
+                timed = []
+                for policy in policies[1:]:
+                    data = build(policy)
+                    timed.append((data, self.client.measure(data, self.reference)))
+                # A timing taken in the VM's slow state (its reference well above the fastest one here) is timed again,
+                # and the cache corrected: a ResNet-56 anchor cached at 0.48 (it measures 0.36) made the wall force the floor.
+                fastest = min(m.reference.median_ms for _, m in timed if m.reference is not None)
+                ratios = [1.0]
+                for name, (data, m) in zip(names, timed, strict=True):
+                    if m.reference is not None and m.reference.median_ms > fastest * self.SLOW_REFERENCE:
+                        m = self.client.retime(data, self.reference, m)
+                    self.client.remember(name, self.reference, m)
+                    ratios.append(m.ratio)
             samples = [(layer_specs(s, p, self.config.round_to), r * reference_ms) for p, r in zip(policies, ratios, strict=True)]
             predictor.calibrate(samples, anchor=self.CALIBRATION_ANCHORS)
             log.info("latency predictor calibrated: %s", predictor.calibration)
@@ -223,6 +238,11 @@ class EnvContext:
         return self._predictor
 
     SLOW_REFERENCE = 1.15  # a calibration timing whose reference ran this much above the fastest one is taken again
+
+    def _calibration_name(self, policy: CompressionPolicy) -> str:
+        """The name a calibration model's timing is remembered under (with the reference model's fingerprint)."""
+        text = json.dumps(policy.to_dict(), sort_keys=True)
+        return f"calibration/r{self.config.round_to}/{hashlib.sha256(text.encode()).hexdigest()[:32]}"
 
     # Online calibration: every measured episode is a calibration sample (the most recent ONLINE_SAMPLES), so the
     # predictor fits the policies the search actually plays (ResNet-20/56 random policies: MAPE 7-8% before).

@@ -123,6 +123,22 @@ class LatencyClient:
         digest = fingerprint(candidate) + (f"/{_digest(reference)}" if reference is not None else "")
         return CacheKey(self.target.cache_id, self.runtime, digest)
 
+    def _named_key(self, name: str, reference: bytes) -> CacheKey:
+        return CacheKey(self.target.cache_id, self.runtime, f"named:{name}/{_digest(reference)}")
+
+    def remembered(self, name: str, reference: bytes) -> Measurement | None:
+        """A measurement stored under ``name`` (against ``reference``) by ``remember``, from the same cache; None if absent.
+
+        For timings whose artifact is costly to build only to find its fingerprint in the cache: the predictor's 14
+        calibration models cost every process that prepares an env (each search, resume, sweep trial, read-out) a
+        ResNet-20 build each before the cache could answer."""
+        found = self._cache_get(self._named_key(name, reference))
+        return None if found is None else dataclasses.replace(Measurement.from_dict(found), cached=True)
+
+    def remember(self, name: str, reference: bytes, measurement: Measurement) -> None:
+        """Store ``measurement`` under ``name`` (against ``reference``) in the cache, for ``remembered``."""
+        self._cache_put(self._named_key(name, reference), measurement.to_dict())
+
     def measure(self, candidate: bytes, reference: bytes | None = None) -> Measurement:
         """The latency of ``candidate`` (and its ratio to ``reference``): from the cache, else timed on the target."""
         key = self.key(candidate, reference)

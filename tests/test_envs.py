@@ -254,6 +254,21 @@ def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_
         env.ctx._recalibrate()
 
 
+def test_a_fresh_process_calibrates_the_predictor_from_the_cache_without_building_a_model(config: dict, monkeypatch) -> None:
+    import envs.context
+    from envs.context import EnvContext
+
+    original = JointEnv({**config, "target_ratio": 0.9}).ctx
+    original.predictor  # noqa: B018 -- calibrated: its timings are stored in the latency cache
+    fresh = EnvContext.build(EnvConfig.from_dict({**config, "kind": "joint", "target_ratio": 0.9}))  # as a new process would
+    built = []
+    real = envs.context.compress
+    monkeypatch.setattr(envs.context, "compress", lambda *a, **k: built.append(1) or real(*a, **k))
+    assert fresh.predictor.calibration.samples == 14 and built == []
+    assert [ms for _, ms in fresh._calibration] == pytest.approx([ms for _, ms in original._calibration])
+    assert [specs for specs, _ in fresh._calibration] == [specs for specs, _ in original._calibration]
+
+
 def test_a_policy_measured_over_budget_is_repaired_further_and_measured_again(config: dict) -> None:
     class Optimistic(JointEnv):  # aims 40% over the budget, as a predictor that badly under-estimates would
         def limit(self) -> float:
