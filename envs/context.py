@@ -204,14 +204,8 @@ class EnvContext:
             # Each model is timed interleaved with the reference and enters the fit as ratio x the reference's time: a
             # candidate's own median drifted up to 1.9x between runs here (shared 2-core box), the ratio by a few percent.
             reference_ms = self.client.measure(self.reference, self.reference).candidate.median_ms
-
             # A process that finds the calibration's timings stored under its policies' names (an earlier process on this
             # cache, same reference model, target and runtime) builds none of the 13 models; else they are built and timed.
-            def build(policy: CompressionPolicy) -> bytes:
-                return compress(
-                    self.model, policy, self.example, self.calibration, structure=s, round_to=self.config.round_to
-                ).artifact.data
-
             names = [self._calibration_name(p) for p in policies[1:]]
             remembered = [self.client.remembered(name, self.reference) for name in names]
             if all(m is not None for m in remembered):
@@ -219,8 +213,8 @@ class EnvContext:
             else:
                 timed = []
                 for policy in policies[1:]:
-                    data = build(policy)
-                    timed.append((data, self.client.measure(data, self.reference)))
+                    built = compress(self.model, policy, self.example, self.calibration, structure=s, round_to=self.config.round_to)
+                    timed.append((built.artifact.data, self.client.measure(built.artifact.data, self.reference)))
                 # A timing taken in the VM's slow state (its reference well above the fastest one here) is timed again,
                 # and the cache corrected: a ResNet-56 anchor cached at 0.48 (it measures 0.36) made the wall force the floor.
                 fastest = min(m.reference.median_ms for _, m in timed if m.reference is not None)

@@ -174,6 +174,11 @@ def test_confirm_keeps_the_lowest_of_its_fresh_timings(tmp_path: Path, artifacts
     confirmed = client.confirm(artifacts["half"], artifacts["reference"])
     assert confirmed.ratio == real.ratio
     assert client.measure(artifacts["half"], artifacts["reference"]).ratio == real.ratio  # and the cache holds it
+    # with ``until``: another round only while the lowest so far does not satisfy it (a slow mode longer than a round)
+    readings = iter([real.ratio * 1.3] * 3 + [real.ratio, real.ratio * 1.3, real.ratio * 1.3])
+    before = client.stats()["timings"]
+    settled = client.confirm(artifacts["half"], artifacts["reference"], until=lambda m: m.ratio <= real.ratio, rounds=3, pause_s=0)
+    assert settled.ratio == real.ratio and client.stats()["timings"] - before == 6  # two rounds, not three
 
 
 def test_a_timing_taken_while_the_reference_runs_slow_is_taken_again(tmp_path: Path, artifacts, monkeypatch) -> None:
