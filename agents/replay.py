@@ -18,6 +18,7 @@ replay: the critic sees the rare good episodes as often as the many poor ones ar
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,13 @@ def renormalise_rewards(algo: Any, min_spread: float = 0.01, clip: float = 5.0) 
     if len(finals) < 2:
         return 0
     mean, spread = float(finals.mean()), max(float(finals.std()), min_spread)
-    for episode, final in scored:
-        value = float(np.clip((final - mean) / spread, -clip, clip))
-        episode.set_rewards(new_data=np.full(len(episode), value, np.float32), at_indices=slice(0, len(episode)))
+    with warnings.catch_warnings():
+        # RLlib checks each new reward of a finished episode against its scalar reward space with a numpy scalar, which
+        # gymnasium's Box.contains reports as "Casting input x to numpy array" (a line in the user's log per iteration)
+        warnings.filterwarnings("ignore", message=".*Casting input x to numpy array")
+        for episode, final in scored:
+            value = float(np.clip((final - mean) / spread, -clip, clip))
+            episode.set_rewards(new_data=np.full(len(episode), value, np.float32), at_indices=slice(0, len(episode)))
     return len(scored)
 
 

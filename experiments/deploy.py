@@ -46,7 +46,7 @@ def export(run_dir: str, episode: int | None = None, out: str | None = None) -> 
     torch.set_num_threads(1)
     _, env, record = _open(run_dir, episode)
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
-    result = evaluate(env, compressed.artifact.data)
+    result = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
     target = Path(out) if out else Path(run_dir) / "export"
     result = _write(target, compressed.artifact.data, record, result, "export.json")
     print(
@@ -72,12 +72,12 @@ def finetune_policy(
     config, env, record = _open(run_dir, episode)
     ctx = env.ctx
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
-    before = evaluate(env, compressed.artifact.data)
+    before = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
     simulation = compressed.simulate(ctx.calibration)
     history = finetune(compressed.model, ctx.data, epochs=epochs, lr=lr, steps=steps, seed=config.seed, progress=True)
     simulation.remove()
     build(compressed, ctx.example, ctx.calibration)
-    after = evaluate(env, compressed.artifact.data)
+    after = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
     length = {"steps": steps} if steps else {"epochs": epochs}
     result = {**after, "before": before, **length, "lr": lr, "train_seconds": history.seconds}
     target = Path(out) if out else Path(run_dir) / "finetune"

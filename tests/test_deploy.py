@@ -115,7 +115,7 @@ def test_a_final_timing_taken_while_the_machine_runs_slow_is_taken_again(monkeyp
     from types import SimpleNamespace
 
     from experiments import results
-    from hardware.client import LatencyClient, fastest_reference
+    from hardware.client import LatencyClient, fastest_reference, lowest_ratio
 
     monkeypatch.setattr(results, "SLOW_PAUSE_S", 0.0)
 
@@ -134,6 +134,15 @@ def test_a_final_timing_taken_while_the_machine_runs_slow_is_taken_again(monkeyp
                 Client.calls += 1
                 return fastest_reference([previous, next(queue)])
 
+            def confirm(self, artifact: bytes, reference: bytes, until, rounds: int, pause_s: float):  # as LatencyClient's
+                readings = []
+                for _ in range(rounds):
+                    Client.calls += 1
+                    readings.append(next(queue))
+                    if until(lowest_ratio(readings)):
+                        break
+                return lowest_ratio(readings)
+
         return SimpleNamespace(ctx=SimpleNamespace(client=Client(), reference=b"ref", reference_ms=2.1))
 
     env = env_with([_timing(2.96, 0.567), _timing(2.8, 0.55), _timing(2.1, 0.415)])
@@ -145,3 +154,11 @@ def test_a_final_timing_taken_while_the_machine_runs_slow_is_taken_again(monkeyp
     slow = [_timing(3.0 - 0.01 * i, 0.57) for i in range(10)]  # slow throughout: bounded, the fastest reference kept
     env = env_with(slow)
     assert results.measure_final(env, b"artifact").reference.median_ms == 2.97 and env.ctx.client.calls == 1 + results.SLOW_RETRIES
+    # the AMD EPYC's slow int8 mode, reference unchanged: the demo's int8 network, 45.4% in its search, read 55.4% after
+    # its fine-tune; a reading more than 10% above the search's own is confirmed until one is near it, the lowest kept
+    env = env_with([_timing(0.79, 0.554), _timing(0.79, 0.56), _timing(0.79, 0.455), _timing(0.79, 0.44)])
+    assert results.measure_final(env, b"artifact", expected_ratio=0.454).ratio == 0.455 and env.ctx.client.calls == 3
+    env = env_with([_timing(0.79, 0.48)])  # within 10% of the search's reading: kept as it is
+    assert results.measure_final(env, b"artifact", expected_ratio=0.454).ratio == 0.48 and env.ctx.client.calls == 1
+    env = env_with([_timing(0.79, 0.56)] * 4)  # slow throughout: bounded rounds, the reading stands
+    assert results.measure_final(env, b"artifact", expected_ratio=0.454).ratio == 0.56 and env.ctx.client.calls == 1 + results.SLOW_RETRIES
