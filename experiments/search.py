@@ -243,11 +243,12 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
     log.info(
         "preparing the %s environment: %s on %s, target %s ...", config.env.kind, config.env.model, config.env.dataset, config.env.target
     )
-    env = make_env(config)
-    env.reset(seed=config.seed)  # computes (or loads) the sensitivity once, here, before env runners need it
-    check_budget(config, env, run)
-    owns_ray = cluster.connect()
+    owns_ray = cluster.connect_for(config.env.target)  # a target timed on Ray nodes: the env's preparation times there
     try:
+        env = make_env(config)
+        env.reset(seed=config.seed)  # computes (or loads) the sensitivity once, here, before env runners need it
+        check_budget(config, env, run)
+        owns_ray = cluster.connect() or owns_ray
         run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)
         with _sigterm_interrupts():
             if config.agent.is_rl:

@@ -244,6 +244,10 @@ class LatencyClient:
         reference = measurement.reference
         return reference is not None and reference.median_ms > fastest_reference_ms * cls.SLOW_REFERENCE
 
+    def fastest_reference_ms(self, reference: bytes) -> float | None:
+        """The fastest median of ``reference`` timed interleaved by this client so far (None before its first timing)."""
+        return self._fastest_reference.get(_digest(reference))
+
     SLOW_RETRIES = 1  # at most one more timing: a busy machine (a test suite, neighbours) must not multiply every measurement
 
     def _time(self, candidate: bytes, reference: bytes | None) -> Measurement:
@@ -280,8 +284,9 @@ class LatencyClient:
             try:
                 ref = self.actors[index].measure.remote(candidate, reference, spec)
                 return Measurement.from_dict(ray.get(ref, timeout=self.call_timeout_s))
-            except RayTaskError as error:  # the actor is alive; the timing itself failed
-                errors.append(f"{type(error).__name__}: {_first_line(error)}")
+            except RayTaskError as error:  # the actor is alive; the timing itself failed: the same on every actor
+                cause = error.as_instanceof_cause()  # the device's own error (a RuntimePrecisionError: its message)
+                raise cause.with_traceback(None) from None
             except RayError as error:  # died for good, unschedulable (its node or placement group gone), timed out
                 errors.append(f"{type(error).__name__}: {_first_line(error)}")
                 log.warning(

@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+import yaml
 
+from agents.recorder import read_episodes
 from compression.pipeline import compress
 from compression.policy import CompressionPolicy
+from hardware.actors import NAMESPACE
 from hardware.client import LatencyClient, TargetUnavailableError
-from hardware.targets import parse_target
+from hardware.targets import BUILTIN_DIR, parse_target
 from tests.ray_env import ray_temp_dir
+from tests.test_search_runs import REPO, write_config
 from workloads.models import build_model
 
 FAST = {"warmup": 2, "rounds": 3, "runs_per_round": 10}
@@ -185,3 +191,56 @@ def test_galen_hardware_list_shows_the_serving_nodes(cluster, capsys, tmp_path) 
     assert f"({nodes['dev-a'].node_id[:12]})" in out and f"({nodes['dev-b'].node_id[:12]})" in out
     assert f"({cluster_.head_node.node_id[:12]})" in out  # local-cpu: the head node
     assert "served by: no node (join one with --labels=hardware=arm-board)" in out
+
+
+def test_one_search_per_target_measures_every_timing_on_its_targets_node(cluster, tmp_path, trained_resnet20) -> None:
+    # issue 23: two nodes labelled with the two real runtimes' targets (ONNX Runtime, OpenVINO; made remote here:
+    # local: false), one search for each; each search's timings run on the latency actor of its target's node only
+    import ray
+    from ray.util.state import list_actors
+
+    pytest.importorskip("openvino")
+    cluster_, _ = cluster
+    names = ("local-cpu", "openvino-cpu")
+    nodes = {name: cluster_.add_node(num_cpus=0, labels={"hardware": name}, resources={name: 1}) for name in names}
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    for name in names:  # a later file of the same name wins over the built-in one; its own protocol: no cached timing
+        data = yaml.safe_load((BUILTIN_DIR / f"{name}.yaml").read_text())
+        data.update(local=False, measurement={"warmup": 2, "rounds": 3, "runs_per_round": 7})
+        (targets / f"{name}.yaml").write_text(yaml.safe_dump(data))
+    env = {**os.environ, "RAY_ADDRESS": cluster_.address, "GALEN_TARGETS": str(targets), "RAY_AUTH_MODE": "disabled"}
+    env["PYTHONPATH"] = str(REPO)
+
+    def actors() -> dict[str, list]:  # target -> node ids of its alive latency actors
+        found: dict[str, list] = {name: [] for name in names}
+        for actor in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+            parts = (actor.name or "").split(":")
+            if parts[0] == "galen-latency" and parts[1] in found:
+                found[parts[1]].append(actor.node_id)
+        return found
+
+    def count(name: str) -> int:
+        actor = ray.get_actor(f"galen-latency:{name}:{nodes[name].node_id}", namespace=NAMESPACE)
+        return ray.get(actor.count.remote())
+
+    try:
+        timings: dict[str, int] = {}
+        for name in names:
+            path = write_config(tmp_path, trained_resnet20.path, f"search-{name}", {"algo": "random"}, episodes=2)
+            config = yaml.safe_load(path.read_text())
+            # a MACs budget: every episode is still timed on the target, without the latency predictor's calibration
+            config["env"].update(target=name, objective="macs", target_ratio=0.9)
+            path.write_text(yaml.safe_dump(config))
+            before = {other: count(other) for other in timings}
+            command = [sys.executable, "-m", "experiments.search", "--config", str(path), "--no-progress"]
+            done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+            assert len([r for r in read_episodes(config["run_dir"]) if r["source"] == "random"]) == 2
+            timings[name] = count(name)
+            assert timings[name] > 0  # the search timed on its node
+            assert {other: count(other) for other in before} == before  # and not on the other target's
+        assert actors() == {name: [nodes[name].node_id] for name in names}  # no latency actor of either anywhere else
+    finally:
+        for node in nodes.values():
+            cluster_.remove_node(node)
