@@ -143,7 +143,8 @@ def test_a_final_timing_taken_while_the_machine_runs_slow_is_taken_again(monkeyp
                         break
                 return lowest_ratio(readings)
 
-        return SimpleNamespace(ctx=SimpleNamespace(client=Client(), reference=b"ref", reference_ms=2.1))
+        ctx = SimpleNamespace(client=Client(), reference=b"ref", reference_ms=2.1)
+        return SimpleNamespace(ctx=ctx, config=SimpleNamespace(objective="latency"))
 
     env = env_with([_timing(2.96, 0.567), _timing(2.8, 0.55), _timing(2.1, 0.415)])
     assert results.measure_final(env, b"artifact").ratio == 0.415
