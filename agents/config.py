@@ -38,6 +38,11 @@ class AgentConfig:
     initial_alpha: float = _f(0.01, "SAC entropy temperature (small: the actor's mean follows the critic)", ("loguniform", 1e-3, 0.1))
     noise_initial: float = _f(0.3, "SAC exploration: std of the truncated-normal action noise after warm-up (action units)")
     noise_final: float = _f(0.02, "SAC exploration: std at the run's last episode (decays geometrically)")
+    noise_on_repeat: float = _f(
+        0.15,
+        "SAC exploration: while the agent replays policies it already played, its noise std is at least this times the"
+        " fraction of its last 8 episodes that were replays (0: off; the schedule alone)",
+    )
     train_batch_size: int = _f(64, "SAC transitions per update", ("choice", 32, 64, 128))
     buffer_size: int = _f(20000, "SAC replay buffer capacity in transitions")
     warmup_episodes: int | None = _f(None, "SAC: episodes of random actions before the first update (None: 15% of the run)")
@@ -81,6 +86,8 @@ class AgentConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError("agent config", name, getattr(self, name), "a number > 0")
+        if not (isinstance(self.noise_on_repeat, (int, float)) and 0 <= self.noise_on_repeat <= 0.5):
+            raise ConfigError("agent config", "noise_on_repeat", self.noise_on_repeat, "a number in [0, 0.5]")
         if not self.alpha_lr >= 0:
             raise ConfigError("agent config", "alpha_lr", self.alpha_lr, "a number >= 0")
         if self.gamma is not None and not 0 <= self.gamma <= 1:

@@ -26,6 +26,7 @@ Choices, and why (AMC, HAQ and Galen train DDPG this way; RLlib 2.60 has no DDPG
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
@@ -74,9 +75,13 @@ class GalenSACModule(DefaultSACTorchRLModule):
         self.schedule.setdefault("warmup_spread", 0.5)
         self.set_progress(0)
 
-    def set_progress(self, episodes_done: int) -> None:
-        """The run has ``episodes_done`` episodes: continue the schedule from there (a fresh generator per position)."""
+    def set_progress(self, episodes_done: int, noise_floor: float = 0.0) -> None:
+        """The run has ``episodes_done`` episodes: continue the schedule from there (a fresh generator per position).
+
+        ``noise_floor``: the least noise std after the warm-up (:func:`repeat_noise`: more while the agent replays policies).
+        """
         self._episode0 = int(episodes_done)
+        self._noise_floor = float(noise_floor)
         self._steps = 0
         self._generator = torch.Generator().manual_seed(int(self.schedule["seed"]) * 1_000_003 + self._episode0)
         self._episode_base: tuple[int, torch.Tensor] | None = None
@@ -90,6 +95,8 @@ class GalenSACModule(DefaultSACTorchRLModule):
         batch_size, width = logits.shape
         episode = self.current_episode()  # of this step (before counting it)
         std = noise_scale(episode, self.schedule)
+        if std is not None:
+            std = max(std, self._noise_floor)
         self._steps += batch_size
         jitter = self.schedule["warmup_jitter"]
         if std is None and jitter is None:  # warm-up: uniform in the squashed space (-1, 1), every step on its own
@@ -110,13 +117,36 @@ class GalenSACModule(DefaultSACTorchRLModule):
         return self._episode_base[1]
 
 
-def set_progress(algo: Any, episodes_done: int) -> None:
-    """Tell every env runner's module how many episodes the run holds (the exploration schedule's position)."""
+def repeat_noise(records: list[dict[str, Any]], source: str, noise: float, window: int = 8) -> float:
+    """The noise floor for the next episodes: ``noise`` times the fraction of the agent's last ``window`` episodes that
+    played a policy it had already played (0 while every episode is new).
+
+    Channels kept in multiples of 16 and one precision per layer make the policies discrete: once the scheduled noise
+    is small, the actor's action plus noise rounds to the same policy every episode, whose reward is already known, and
+    the rest of the run is spent replaying it (measured, ResNet-20 at 40%, 80 episodes: 36, 34 and 43 of SAC's episodes
+    repeated an earlier policy against TPE's 11, 5, 25). Replays raise the noise until the episodes are new again.
+    """
+    played = [r for r in records if r.get("source") == source and "policy" in r]
+    if noise <= 0 or not played:
+        return 0.0
+    seen: set[str] = set()
+    repeated: list[bool] = []
+    for record in played:
+        key = json.dumps(record["policy"], sort_keys=True)
+        repeated.append(key in seen)
+        seen.add(key)
+    recent = repeated[-window:]
+    return noise * sum(recent) / len(recent)
+
+
+def set_progress(algo: Any, episodes_done: int, noise_floor: float = 0.0) -> None:
+    """Tell every env runner's module how many episodes the run holds (the exploration schedule's position) and the
+    least noise std to play with (:func:`repeat_noise`)."""
 
     def apply(runner: Any) -> None:
         module = getattr(runner, "module", None)
         if module is not None and hasattr(module, "set_progress"):
-            module.set_progress(episodes_done)
+            module.set_progress(episodes_done, noise_floor)
 
     algo.env_runner_group.foreach_env_runner(apply)
 

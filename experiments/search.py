@@ -133,7 +133,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
     from agents.policy_net import ActorNet, rollout
     from agents.recorder import start_recorder
     from agents.replay import renormalise_rewards, replay_elites, restore_replay
-    from agents.rllib import build_algo_config, learn_burst, prime_calibration, set_progress
+    from agents.rllib import build_algo_config, learn_burst, prime_calibration, repeat_noise, set_progress
 
     name = f"galen-recorder:{hashlib.sha1(str(run.path).encode()).hexdigest()[:10]}:{os.getpid()}"
     recorder = start_recorder(name, run.path, _wandb_options(config, run))
@@ -162,7 +162,9 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
         burst_done = config.agent.algo != "sac" or (checkpoint is not None and _checkpoint_episodes(checkpoint) >= warmup)
         with _bar(config.episodes, min(count, config.episodes), f"{config.agent.algo} search", progress) as bar:
             while count < config.episodes:
-                set_progress(algo, count)  # the exploration schedule continues from the run's episode count
+                # the exploration schedule continues from the run's episode count; replayed policies raise the noise
+                floor = repeat_noise(run.episodes(), config.agent.algo, config.agent.noise_on_repeat) if config.agent.algo == "sac" else 0.0
+                set_progress(algo, count, floor)
                 result = algo.train()
                 iteration += 1
                 if config.agent.algo == "sac":

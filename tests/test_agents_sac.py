@@ -13,7 +13,7 @@ from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
 from agents.callbacks import RewardBaseline, rewrite_episode
 from agents.config import AgentConfig
-from agents.rllib import SCHEDULE_KEY, GalenSACModule, noise_scale
+from agents.rllib import SCHEDULE_KEY, GalenSACModule, noise_scale, repeat_noise
 
 
 def _episode(applied: list[list[float]], final: float) -> SingleAgentEpisode:
@@ -91,6 +91,27 @@ def test_a_resumed_module_continues_the_schedule_instead_of_replaying_the_warmup
     late.set_progress(19)  # last episode: noise 0.02 around the actor's deterministic action
     mean = torch.tanh(late.forward_inference({"obs": torch.zeros(1, 4)})["action_dist_inputs"][0, :2]).detach().numpy()
     assert np.all(np.abs(_actions(late, 2) - mean) < 2 * 0.02 * 5)
+
+
+def test_replayed_policies_raise_the_noise_until_the_episodes_are_new_again() -> None:
+    def record(keep: float, source: str = "sac") -> dict:
+        return {"source": source, "policy": {"keep": {"a": keep}, "precision": {"a": "int8"}}}
+
+    new = [record(k / 10) for k in range(10)]
+    assert repeat_noise(new, "sac", 0.15) == 0.0  # every episode new: the schedule alone
+    replays = new + [record(0.5)] * 4  # the last 4 of 8 replay episode 5's policy
+    assert repeat_noise(replays, "sac", 0.15) == pytest.approx(0.15 * 4 / 8)
+    assert repeat_noise(new + [record(0.5)] * 8, "sac", 0.15) == pytest.approx(0.15)
+    assert repeat_noise(replays, "sac", 0.0) == 0.0 and repeat_noise(replays, "random", 0.15) == 0.0  # off; another source
+    assert repeat_noise(new + [record(0.5, "uniform-safety")] * 8, "sac", 0.15) == 0.0  # only the agent's own episodes
+    # the floor reaches the module: at the last episode (scheduled noise 0.02) the actions spread by the floor's std
+    module = _module(warmup=0)
+    module.set_progress(19, noise_floor=0.3)
+    mean = torch.tanh(module.forward_inference({"obs": torch.zeros(1, 4)})["action_dist_inputs"][0, :2]).detach().numpy()
+    spread = np.abs(_actions(module, 200) - mean)
+    assert spread.mean() > 0.2  # squashed units: 2 x 0.3 std, truncated to [-1, 1]; 0.02 alone gives about 0.03
+    module.set_progress(19)
+    assert np.abs(_actions(module, 200) - mean).mean() < 0.1
 
 
 def test_warmup_plays_one_random_action_per_episode_with_a_small_jitter() -> None:

@@ -35,6 +35,7 @@ def test_demo_config_is_valid_and_matches_the_issue() -> None:
         ({"episodes": 0}, "search config: field 'episodes' is 0; allowed: an integer >= 1"),
         ({"agent": {"gamma": 1.5}}, r"search config: field 'agent.gamma' is 1.5; allowed: a number in \[0, 1\] or null"),
         ({"agent": {"warmup_episodes": -1}}, "search config: field 'agent.warmup_episodes' is -1; allowed: an integer >= 0 or null"),
+        ({"agent": {"noise_on_repeat": 2}}, r"search config: field 'agent.noise_on_repeat' is 2; allowed: a number in \[0, 0.5\]"),
         ({"agnet": {}}, "search config: unknown field 'agnet'; allowed fields: name, run_dir, episodes"),
         ({"env": {"model": "resnet20"}}, "search config: unknown field 'env.model'; allowed fields: env.kind, env.target"),
         ({"agent": {"learning_rate": 1}}, "search config: unknown field 'agent.learning_rate'; allowed fields: algo, lr"),
