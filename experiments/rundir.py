@@ -85,7 +85,15 @@ class RunDir:
         path = self.path / "state.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
+    def start_clock(self) -> None:
+        """From now on every state update records ``seconds``: what earlier processes of this run spent (the state's
+        ``seconds``) plus this process's time, so a resumed run reports its whole time, not its last part."""
+        self._clock = (float(self.state().get("seconds") or 0.0), time.time())
+
     def set_state(self, **changes: Any) -> None:
+        clock = getattr(self, "_clock", None)
+        if clock is not None and "seconds" not in changes:
+            changes["seconds"] = clock[0] + time.time() - clock[1]
         state = {**self.state(), **changes, "updated": time.time()}
         write_atomic(self.path / "state.json", json.dumps(state, indent=1))
 

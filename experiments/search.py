@@ -219,6 +219,7 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
                 done += 1
                 bar.update(1)
                 bar.set_postfix_str(_postfix(episode_log.summary()))
+                run.set_state()  # the run's seconds so far (a killed run resumes its clock from here)
                 if done % BASELINE_LOG_EVERY == 0 or done >= config.episodes:
                     _log_progress(bar, min(done, config.episodes), config.episodes, episode_log.summary())
 
@@ -240,8 +241,8 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
     # way uses every core (envs/context.py: every_core).
     torch.set_num_threads(1)
     run = RunDir.open(config, resume)
+    run.start_clock()  # state.json's seconds: the run's time over all its processes
     log.info("run directory: %s", run.path)
-    started = time.time()
     log.info(
         "preparing the %s environment: %s on %s, target %s ...", config.env.kind, config.env.model, config.env.dataset, config.env.target
     )
@@ -257,7 +258,7 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
                 run_rl(config, run, env, progress)
             else:
                 run_baselines(config, run, env, progress)
-        run.set_state(status="finished", seconds=time.time() - started)
+        run.set_state(status="finished")
         if not summary:
             return {}
         return finish(config, run, env, report)  # under Ray: the latency client's actors are still there

@@ -138,3 +138,22 @@ def test_a_run_started_before_a_field_existed_resumes_with_its_default(tmp_path)
     path.write_text(yaml.safe_dump(old))
     with pytest.raises(RunDirError, match=r"--resume: workload.input_size is 28 but the run in .* used None"):
         RunDir.open(config.replace(**{"workload.input_size": 28, "workload.weights": "m.pt"}), resume=True)
+
+
+def test_a_resumed_run_counts_the_time_of_every_process(tmp_path, monkeypatch) -> None:
+    import experiments.rundir as rundir
+
+    now = [1000.0]
+    monkeypatch.setattr(rundir.time, "time", lambda: now[0])
+    config = SearchConfig.from_dict({"run_dir": str(tmp_path / "run")})
+    first = RunDir.open(config, resume=False)
+    first.start_clock()
+    now[0] += 30
+    first.set_state(status="running")  # killed after this: 30 s on record
+    assert first.state()["seconds"] == 30
+    second = RunDir(tmp_path / "run")  # the resumed process
+    now[0] += 600  # the time between the processes does not count
+    second.start_clock()
+    now[0] += 12
+    second.set_state(status="finished")
+    assert second.state()["seconds"] == 42
