@@ -162,8 +162,10 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
         burst_done = config.agent.algo != "sac" or (checkpoint is not None and _checkpoint_episodes(checkpoint) >= warmup)
         with _bar(config.episodes, min(count, config.episodes), f"{config.agent.algo} search", progress) as bar:
             while count < config.episodes:
-                # the exploration schedule continues from the run's episode count; replayed policies raise the noise
-                floor = repeat_noise(run.episodes(), config.agent.algo, config.agent.noise_on_repeat) if config.agent.algo == "sac" else 0.0
+                # the exploration schedule continues from the run's episode count; replayed policies raise SAC's noise
+                floor = 0.0
+                if config.agent.algo == "sac" and config.agent.noise_on_repeat > 0:
+                    floor = repeat_noise(run.episodes(), "sac", config.agent.noise_on_repeat)
                 set_progress(algo, count, floor)
                 result = algo.train()
                 iteration += 1
