@@ -98,13 +98,14 @@ def method_key(run: dict[str, Any]) -> str:
 
 
 def run_name(run: dict[str, Any]) -> str:
-    """``<model>-b<budget>[-r<round_to>][-d<distill>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the
+    """``<model>-b<budget>[-r<round_to>][-d<distill>][-t<target>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the
     archives before ``paced`` existed), none for uniform (it plays without the wall)."""
     mode = run.get("wall_mode", "paced")
     mode = "" if mode == "relative" or run["method"] == "uniform" else f"-{mode}"
     rounding = "" if run.get("round_to", 8) == 8 else f"-r{run['round_to']}"
     distill = f"-d{run['distill']}" if run.get("distill") else ""
-    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}{distill}-{run['method']}{mode}-s{run['seed']}"
+    target = "" if run.get("target", "local-cpu") == "local-cpu" else f"-t{run['target']}"  # bench.targets' searches
+    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}{distill}{target}-{run['method']}{mode}-s{run['seed']}"
 
 
 @functools.cache
@@ -133,7 +134,7 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
         "workload": {"model": run["model"], "dataset": "fashion-mnist", "base_epochs": 5, "checkpoint": base_checkpoint(run["model"])},
         "env": {
             "kind": "joint",
-            "target": "local-cpu",
+            "target": run.get("target", "local-cpu"),
             "objective": "latency",
             "target_ratio": run["budget"],
             "wall_mode": run.get("wall_mode", "paced"),
@@ -421,7 +422,7 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
         + ", ".join(f"{m} {used.get(m, 0)} distillation steps" for m in fidelity)
         + " (the cheapest that ranks policies; ResNet-20's 0 steps reach tau 0.66)."
     )
-    lines += ["", *[f"![{p}]({Path(p).name})" for p in plots], "", "<!-- search:end -->"]
+    lines += ["", *[f"![{p}](results/{Path(p).name})" for p in plots], "", "<!-- search:end -->"]
     readme = REPO / "bench" / "README.md"
     text = readme.read_text()
     section = "\n".join(lines)
