@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from experiments import compress, deploy, hardware, report, search, sweep, train
+from experiments import compress, deploy, hardware, report, search, study, sweep, train
 from experiments.options import add_options, from_args
 from experiments.rundir import RunDirError
 from hardware.client import TargetUnavailableError
@@ -120,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="Ray Tune sweep of the agent's hyperparameters (ASHA + Optuna, W&B)", description=sweep.__doc__)
     sweep.build_parser(p)
     p.set_defaults(handler=lambda a: sweep.main(from_args(sweep.SweepConfig, a)))
+
+    p = sub.add_parser(
+        "study",
+        help="many searches (a grid of methods, budgets, seeds, models, targets) as one Ray Tune experiment, and their report",
+        description=study.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    study.build_parser(p)
+    p.set_defaults(handler=study.main)
 
     p = sub.add_parser("report", help="Pareto plot, best policies and markdown summary of a run", description=report.__doc__)
     report.build_parser(p)

@@ -208,7 +208,9 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
 
 
 # --- baselines --------------------------------------------------------------------------------------
-def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -> None:
+def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_episode: Any = None) -> None:
+    """Play the baseline until the run holds ``config.episodes`` of its episodes, then the uniform safety net;
+    ``on_episode(done, summary)`` after each (a study's trial reports to Tune through it)."""
     from agents.baselines import play_safety_net, run_baseline
 
     episode_log = EpisodeLog(run.path, _wandb_options(config, run))
@@ -224,6 +226,8 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
                 run.set_state()  # the run's seconds so far (a killed run resumes its clock from here)
                 if done % BASELINE_LOG_EVERY == 0 or done >= config.episodes:
                     _log_progress(bar, min(done, config.episodes), config.episodes, episode_log.summary())
+                if on_episode is not None:
+                    on_episode(done, episode_log.summary())
 
             env.ctx.replay_observations(episode_log.records)  # a resumed run keeps its online calibration
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]

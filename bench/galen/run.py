@@ -33,8 +33,9 @@ from typing import Any
 import yaml
 
 from agents.recorder import dumps, read_episodes, write_atomic
-from bench.galen import analysis, archive
+from bench.galen import archive
 from bench.galen.plan import METHODS, Run, budget_tag, plan, search_config
+from experiments import analysis
 
 ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent

@@ -231,10 +231,10 @@ def final_measure(
     key = f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}{rounding}"
     if key in cache and "reference_ms" in cache[key]:
         return cache[key]
-    from bench.search.fidelity import fixed_finetune
     from compression.pipeline import compress
     from compression.policy import CompressionPolicy
     from envs import JointEnv
+    from experiments.results import fixed_finetune
     from hardware.client import LatencyClient, lowest_ratio
     from hardware.protocol import cpu_model
 

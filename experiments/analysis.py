@@ -1,4 +1,5 @@
-"""Scoring one run's episodes against a latency budget (pure functions on ``episodes.jsonl`` records).
+"""Scoring one search run's episodes against its budget (pure functions on ``episodes.jsonl`` records): used by
+``galen study report`` and the Galen benchmark.
 
 - Only the searched episodes count (an RL run's closing ``<algo>-deterministic`` read-out is left
   out, so every method is scored on the same episode budget).
