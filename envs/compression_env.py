@@ -11,8 +11,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from compression.finetune import finetune, recalibrate_batch_norm
-from compression.pipeline import Compressed, build, compress
+from compression.finetune import recalibrate_batch_norm
+from compression.pipeline import Compressed, build, compress, finetune_and_build
 from compression.plan import layer_specs, planned_structure
 from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
 from compression.pruning import kept_channels
@@ -365,9 +365,9 @@ class CompressionEnv(gym.Env):
             batches = ctx.data.loader("train", 64, shuffle=True, seed=config.seed)
             recalibrate_batch_norm(compressed.model, batches, max_batches=config.bn_batches)
         if steps:
-            simulation = compressed.simulate(ctx.calibration)
-            finetune(compressed.model, ctx.data, steps=steps, lr=0.01, batch_size=64, teacher=ctx.model, seed=config.seed, progress=False)
-            simulation.remove()
+            options = {"steps": steps, "lr": 0.01, "batch_size": 64, "teacher": ctx.model, "seed": config.seed, "progress": False}
+            finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, **options)
+            return compressed
         return build(compressed, ctx.example, ctx.calibration)
 
     def _finish(self) -> dict[str, Any]:

@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from compression.finetune import finetune
-from compression.pipeline import build
+from compression.pipeline import finetune_and_build
 from compression.policy import CompressionPolicy
 from experiments.config import SearchConfig
 from experiments.results import evaluate, make_env, pick_episode, read_json, write_json
@@ -73,10 +72,7 @@ def finetune_policy(
     ctx = env.ctx
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
     before = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
-    simulation = compressed.simulate(ctx.calibration)
-    history = finetune(compressed.model, ctx.data, epochs=epochs, lr=lr, steps=steps, seed=config.seed, progress=True)
-    simulation.remove()
-    build(compressed, ctx.example, ctx.calibration)
+    history = finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, epochs=epochs, lr=lr, steps=steps, seed=config.seed)
     after = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
     length = {"steps": steps} if steps else {"epochs": epochs}
     result = {**after, "before": before, **length, "lr": lr, "train_seconds": history.seconds}

@@ -51,16 +51,12 @@ def fixed_finetune(env: CompressionEnv, policy: Any, steps: int) -> tuple[float,
     """Test accuracy of ``policy`` after a fixed, short fine-tune (``steps`` SGD steps of batch 128, lr 0.01, simulated
     quantization, seed 0: the same for every policy, so their outcomes compare), and its seconds. What the studies and the
     search benchmark rank policies by."""
-    from compression.finetune import finetune
-    from compression.pipeline import build
+    from compression.pipeline import finetune_and_build
 
     ctx = env.ctx
     started = time.perf_counter()
     compressed = env.build_compressed(policy, finetune_steps=0)
-    simulation = compressed.simulate(ctx.calibration)
-    finetune(compressed.model, ctx.data, steps=steps, lr=0.01, seed=0, progress=False)
-    simulation.remove()
-    build(compressed, ctx.example, ctx.calibration)
+    finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, steps=steps, lr=0.01, seed=0, progress=False)
     return test_accuracy(env, compressed.artifact.data), time.perf_counter() - started
 
 

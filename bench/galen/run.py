@@ -259,8 +259,7 @@ class Finalizer:
             return self.done[key]
         import torch
 
-        from compression.finetune import finetune
-        from compression.pipeline import build
+        from compression.pipeline import finetune_and_build
         from compression.policy import CompressionPolicy
         from experiments.results import test_accuracy
 
@@ -270,10 +269,8 @@ class Finalizer:
         before = test_accuracy(env, compressed.artifact.data)
         torch.set_num_threads(os.cpu_count() or 1)
         started = time.perf_counter()
-        simulation = compressed.simulate(ctx.calibration)
-        finetune(compressed.model, ctx.data, steps=self.args.finetune_steps, lr=0.01, seed=0, progress=False)
-        simulation.remove()
-        build(compressed, ctx.example, ctx.calibration)
+        steps = self.args.finetune_steps
+        finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, steps=steps, lr=0.01, seed=0, progress=False)
         seconds = time.perf_counter() - started
         torch.set_num_threads(1)
         after = test_accuracy(env, compressed.artifact.data)
