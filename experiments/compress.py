@@ -30,6 +30,7 @@ import yaml
 
 from agents.config import ALGOS
 from envs.config import ConfigError
+from experiments import rundir
 from experiments.config import SearchConfig, merge
 from experiments.options import add_options, option
 from experiments.results import read_json, write_json
@@ -286,7 +287,7 @@ def run_flow(
     write_json(state_path, state)
     for name, reason in state["frozen"].items():
         log.warning("frozen (not pruned, still quantizable): %s: %s", name, reason)
-    resume = resume or (out / "config.yaml").exists()
+    resume = resume or (out / rundir.CONFIG).exists()
     log.info("[2/5] feasible range and [3/5] search: %d episodes of %s at %.1f%% latency", config.episodes, config.agent.algo, 100 * ratio)
     try:
         summary = search.main(config, resume=resume, progress=progress, report=True, summary=True)

@@ -16,18 +16,19 @@ import torch
 
 from compression.pipeline import finetune_and_build
 from compression.policy import CompressionPolicy
+from experiments import rundir
 from experiments.config import SearchConfig
 from experiments.results import evaluate, make_env, pick_episode, read_json, write_json
 from experiments.rundir import RunDir
 
 
 def _open(run_dir: str, episode: int | None) -> tuple[SearchConfig, Any, dict[str, Any]]:
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     config = SearchConfig.from_yaml(path)
     run = RunDir(run_dir)
-    record = pick_episode(run.episodes(), read_json(run.path / "best_policy.json"), episode)
+    record = pick_episode(run.episodes(), read_json(run.path / rundir.BEST), episode)
     return config, make_env(config), record
 
 

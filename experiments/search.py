@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from agents.recorder import EpisodeLog, read_episodes
-from experiments import cluster
+from experiments import cluster, rundir
 from experiments.config import SearchConfig, builtin_config
 from experiments.results import format_summary, make_env, read_json, summarize, write_json
 from experiments.rundir import RunDir
@@ -270,7 +270,7 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
         return finish(config, run, env, report)  # under Ray: the latency client's actors are still there
     except KeyboardInterrupt:
         run.set_state(status="interrupted")
-        log.warning("interrupted; continue with: galen search --config %s --resume", run.path / "config.yaml")
+        log.warning("interrupted; continue with: galen search --config %s --resume", run.path / rundir.CONFIG)
         raise
     finally:
         if owns_ray:
@@ -330,11 +330,11 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
 
 
 def finish(config: SearchConfig, run: RunDir, env: Any, report: bool = True) -> dict[str, Any]:
-    best = read_json(run.path / "best_policy.json")
+    best = read_json(run.path / rundir.BEST)
     if best is None:
         raise RuntimeError(f"{run.path}: no episode finished")
     summary = summarize(env, best, read_episodes(run.path))
-    write_json(run.path / "summary.json", summary)
+    write_json(run.path / rundir.SUMMARY, summary)
     print(format_summary(summary))
     if report:
         from experiments.report import write_report

@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from envs.config import ConfigError
+from experiments import rundir
 from experiments.config import SearchConfig, builtin_config, merge
 
 log = logging.getLogger("galen.study")
@@ -331,7 +332,7 @@ def score_cell(cell: Cell, study: StudyConfig) -> dict[str, Any]:
     own = [r for r in records if r.get("source") == algo]
     scored = analysis.score(own, budget)
     safety = analysis.best_within([r for r in records if r.get("source") == "uniform-safety"], budget)
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
+    state = json.loads((run_dir / rundir.STATE).read_text()) if (run_dir / rundir.STATE).is_file() else {}
     best = analysis.best_within(own, budget)
     return {
         "cell": cell.name,

@@ -35,7 +35,7 @@ import yaml
 from agents.recorder import dumps, read_episodes, write_atomic
 from bench.galen import archive
 from bench.galen.plan import METHODS, Run, budget_tag, plan, search_config
-from experiments import analysis
+from experiments import analysis, rundir
 
 ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
@@ -102,7 +102,7 @@ def status(run: Run, out: Path) -> str:
 
 
 def _episodes_done(run: Run, out: Path) -> int:
-    path = run.run_dir(out) / "episodes.jsonl"
+    path = run.run_dir(out) / rundir.EPISODES
     if not path.exists():
         return 0
     with path.open("rb") as handle:

@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from experiments import rundir
+
 ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
 RESULTS = REPO / "bench" / "results" / "search.json"
@@ -166,7 +168,7 @@ def search(run: dict[str, Any], episodes: int) -> None:
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: searching", flush=True)
     subprocess.run(command, cwd=REPO, env=env, check=True)
-    state = json.loads((run_dir / "state.json").read_text())
+    state = json.loads((run_dir / rundir.STATE).read_text())
     records = read_episodes(run_dir)
     archive(run).parent.mkdir(parents=True, exist_ok=True)
     with gzip.GzipFile(archive(run), "wb", mtime=0) as handle:
