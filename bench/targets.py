@@ -120,7 +120,11 @@ def measure_everywhere(model: str, budget: float, record: dict[str, Any], target
     out = {}
     for name in targets:
         client = LatencyClient(get_target(name), cache=None)
-        reading = lowest_ratio([client.measure(artifact.data, ctx.reference) for _ in range(args.timings)])
+        try:
+            reading = lowest_ratio([client.measure(artifact.data, ctx.reference) for _ in range(args.timings)])
+        except Exception as error:  # noqa: BLE001 - e.g. a runtime that runs a layer in another precision: said, not fatal
+            out[name] = {"latency_ratio": float("nan"), "error": f"{type(error).__name__}: {error}"}
+            continue
         out[name] = {"latency_ratio": reading.ratio, "ms": reading.candidate.median_ms, "reference_ms": reading.reference.median_ms}
     return out
 
@@ -172,7 +176,12 @@ def predictor_mapes(targets: list[str], n: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for name in targets:
             client = LatencyClient(get_target(name), cache=LatencyCache(Path(tmp) / f"{name}.sqlite"))
-            result = predictor_error("resnet20", client, 12, n, seed)
+            try:
+                result = predictor_error("resnet20", client, 12, n, seed)
+            except Exception as error:  # noqa: BLE001 - one target's failure (a runtime's precision check) is a result too
+                out[name] = {"error": f"{type(error).__name__}: {error}"}
+                print(f"predictor {name}: failed: {out[name]['error']}", flush=True)
+                continue
             out[name] = {k: result[k] for k in ("evaluated", "mape_ms", "mape_ratio", "mape_uncalibrated_sum", "calibration")}
             print(f"predictor {name}: MAPE ratio {result['mape_ratio']:.1f}% on {n} policies", flush=True)
     return out
@@ -283,7 +292,10 @@ def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace
     if out.get("predictor"):
         lines.append("Latency predictor per target (ResNet-20, calibrated on 12 measured models, MAPE of the predicted ratio):")
         lines.append("")
-        lines += [f"- {t}: {p['mape_ratio']:.1f}% on {p['evaluated']} random policies" for t, p in out["predictor"].items()]
+        lines += [
+            f"- {t}: {p['mape_ratio']:.1f}% on {p['evaluated']} random policies" if "error" not in p else f"- {t}: failed ({p['error']})"
+            for t, p in out["predictor"].items()
+        ]
         lines.append("")
     lines += [f"![{p}](results/{p})" for p in plots]
     return lines
