@@ -140,12 +140,17 @@ def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: fl
             continue
         limit = budget * (1 + REPEATABILITY)
         own_ratio, own_acc = own["on"][y]["latency_ratio"], own["accuracy_after_finetune"]
+        if own_ratio != own_ratio:  # NaN: not measured there
+            out[y] = {"holds": None, "why": f"its own policy could not be measured on it ({own['on'][y].get('error')})"}
+            continue
         pairs = {}
         for x, other in rows.items():
             if x == y or "on" not in other:
                 continue
             ratio, acc = other["on"][y]["latency_ratio"], other["accuracy_after_finetune"]
-            if ratio > limit:
+            if ratio != ratio:
+                pairs[x] = f"not measured on {y} ({other['on'][y].get('error')})"
+            elif ratio > limit:
                 pairs[x] = f"over budget on {y} ({ratio:.3f} > {budget:.2f})"
             elif acc > own_acc + margin:
                 pairs[x] = f"more accurate within budget ({100 * acc:.2f}% vs {100 * own_acc:.2f}%): beats the own policy"
