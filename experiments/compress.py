@@ -32,7 +32,7 @@ from agents.config import ALGOS
 from envs.config import ConfigError
 from experiments import rundir
 from experiments.config import SearchConfig, merge
-from experiments.options import add_options, option
+from experiments.options import add_options, from_args, option
 from experiments.results import read_json, write_json
 
 log = logging.getLogger("galen.compress")
@@ -362,11 +362,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
+def command(args: argparse.Namespace) -> dict[str, Any]:
+    """``galen compress``'s handler."""
+    return main(from_args(CompressConfig, args))
+
+
 def run(argv: list[str] | None = None) -> int:
     """``python -m experiments.compress`` (what ``ray job submit`` runs): the same as ``galen compress``."""
-    from experiments.cli import main as cli_main
+    from experiments.entry import module_main
 
-    return cli_main(["compress", *(sys.argv[1:] if argv is None else argv)])
+    return module_main("compress", build_parser, command, argv)
 
 
 if __name__ == "__main__":

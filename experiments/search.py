@@ -376,11 +376,16 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig.from_yaml(path, parse_overrides(args.set))
 
 
+def command(args: argparse.Namespace) -> None:
+    """``galen search``'s handler."""
+    main(config_from_args(args), resume=args.resume, progress=args.progress, report=args.report, summary=args.summary)
+
+
 def run(argv: list[str] | None = None) -> int:
     """``python -m experiments.search`` (what ``ray job submit`` runs): the same as ``galen search``."""
-    from experiments.cli import main as cli_main
+    from experiments.entry import module_main
 
-    return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
+    return module_main("search", build_parser, command, argv)
 
 
 if __name__ == "__main__":

@@ -560,9 +560,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def cli(argv: list[str] | None = None) -> int:
     """``python -m experiments.study`` (what ``ray job submit`` runs): the same as ``galen study``."""
-    from experiments.cli import main as cli_main
+    from experiments.entry import module_main
 
-    return cli_main(["study", *(sys.argv[1:] if argv is None else argv)])
+    return module_main("study", build_parser, main, argv)
 
 
 if __name__ == "__main__":
