@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs bench-galen bench-search
+.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs bench-galen bench-search bench-targets bench-study
 
 setup: $(STAMP) dataset
 
@@ -55,3 +55,11 @@ bench-galen: setup
 bench-search: setup
 	$(BIN)/python -m bench.search
 	$(BIN)/python -m bench.search.fidelity
+
+# Is a policy specific to its target (issue 23): one search per target, every best policy re-measured on every target
+bench-targets: setup
+	$(BIN)/python -m bench.targets --predictor-policies 50
+
+# galen study on Ray Tune: 2 methods x 2 seeds on ResNet-20, 1 and 2 trials at once (issue 22)
+bench-study: setup
+	$(BIN)/python -m bench.study

@@ -1,1 +1,3 @@
-"""RL agents and baselines (later issue): RLlib configs, callbacks, uniform/random/black-box baselines, policy read-out."""
+"""Search methods: the RLlib agents (SAC with the broadcast reward, its replay and exploration schedule; PPO), the
+black-box baselines (uniform grid, random, TPE, NSGA-II, GP-BO, the uniform safety net), the episode recorder and
+callbacks, and the actor read-out of a checkpoint."""

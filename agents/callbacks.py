@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 from ray.rllib.callbacks.callbacks import RLlibCallback
 
+from envs.record import METRIC_FIELDS
+
 log = logging.getLogger(__name__)
 
-METRICS = ("reward", "accuracy", "cost_ratio", "cost_over_target", "penalty", "latency_ratio", "latency_ms", "macs_ratio")
+METRICS = METRIC_FIELDS  # the episode record's metric fields (envs.record)
 
 
 class EpisodeCallback(RLlibCallback):

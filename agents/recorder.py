@@ -20,37 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from envs.record import EpisodeOutcome, EpisodeRecord
+
 log = logging.getLogger(__name__)
 
 EPISODES = "episodes.jsonl"
 PARETO = "pareto.json"
 BEST = "best_policy.json"
-RECORD_FIELDS = (
-    "reward",
-    "accuracy",
-    "reference_accuracy",
-    "cost_ratio",
-    "cost_over_target",
-    "penalty",
-    "latency_ms",
-    "latency_ratio",
-    "latency_cached",
-    "macs",
-    "bops",
-    "weight_bytes",
-    "artifact_bytes",
-    "macs_ratio",
-    "objective",
-    "target_ratio",
-    "within_budget",
-    "predicted_ratio",
-    "clamped_steps",
-    "repaired",
-    "filled",
-    "remeasured",
-    "policy",
-    "seconds",
-)
+RECORD_FIELDS = EpisodeOutcome.field_names()  # what a record keeps of the env's info (envs.record)
 
 
 def to_json(value: Any) -> Any:
@@ -154,9 +131,7 @@ class EpisodeLog:
 
     def record(self, info: dict[str, Any], source: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Append one finished episode (its env ``info``); returns the record with its episode number."""
-        record = {"episode": len(self.records), "source": source, "time": time.time()}
-        record.update({k: info[k] for k in RECORD_FIELDS if k in info})
-        record.update(extra or {})
+        record = EpisodeRecord(len(self.records), source, time.time(), EpisodeOutcome.from_dict(info), dict(extra or {})).to_dict()
         line = dumps(record) + "\n"
         record = json.loads(line)  # plain types from here on
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

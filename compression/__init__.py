@@ -1,2 +1,2 @@
-"""Compression engine (later issue): policies, layer discovery, physical pruning, quantization,
-ONNX export, costs and fine-tuning."""
+"""Compression engine: policies, layer discovery, physical pruning (Torch-Pruning), simulated and real int8
+quantization, ONNX export and its precision check, costs (MACs, BOPs, bytes) and the recovery fine-tune."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,3 +78,18 @@ def build(compressed: Compressed, example_input: torch.Tensor, calibration: torc
     compressed.seconds["quantize"] = time.perf_counter() - start
     compressed.costs = costs(compressed.structure, compressed.policy, compressed.artifact.size_bytes)
     return compressed
+
+
+def finetune_and_build(compressed: Compressed, data: Any, example_input: torch.Tensor, calibration: torch.Tensor, **options: Any) -> Any:
+    """The recovery every caller runs the same way: fine-tune ``compressed.model`` with the policy's quantization
+    simulated (``compression.finetune.finetune``'s ``options``: steps or epochs, lr, batch_size, teacher, seed,
+    progress), take the simulation off and build the artifact again; returns the training history."""
+    from compression.finetune import finetune
+
+    simulation = compressed.simulate(calibration)
+    try:
+        history = finetune(compressed.model, data, **options)
+    finally:
+        simulation.remove()
+    build(compressed, example_input, calibration)
+    return history

@@ -11,13 +11,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from compression.finetune import finetune, recalibrate_batch_norm
-from compression.pipeline import Compressed, build, compress
+from compression.finetune import recalibrate_batch_norm
+from compression.pipeline import Compressed, build, compress, finetune_and_build
 from compression.plan import layer_specs, planned_structure
 from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
 from compression.pruning import kept_channels
 from envs.config import EnvConfig, EnvConfigError
 from envs.context import EnvContext, every_core
+from envs.record import EpisodeOutcome
 from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
 from envs.wall import Option, Wall, by_compression
@@ -364,9 +365,9 @@ class CompressionEnv(gym.Env):
             batches = ctx.data.loader("train", 64, shuffle=True, seed=config.seed)
             recalibrate_batch_norm(compressed.model, batches, max_batches=config.bn_batches)
         if steps:
-            simulation = compressed.simulate(ctx.calibration)
-            finetune(compressed.model, ctx.data, steps=steps, lr=0.01, batch_size=64, teacher=ctx.model, seed=config.seed, progress=False)
-            simulation.remove()
+            options = {"steps": steps, "lr": 0.01, "batch_size": 64, "teacher": ctx.model, "seed": config.seed, "progress": False}
+            finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, **options)
+            return compressed
         return build(compressed, ctx.example, ctx.calibration)
 
     def _finish(self) -> dict[str, Any]:
@@ -417,28 +418,28 @@ class CompressionEnv(gym.Env):
             "bytes": (c.weight_bytes / ref.weight_bytes, c.weight_bytes),
         }[config.objective]
         parts = reward_parts(config.reward, accuracy, natural[0], natural[1], config.target_ratio)
-        return {
+        return EpisodeOutcome(
             **parts,
-            "policy": policy.to_dict(),
-            "reference_accuracy": ctx.reference_accuracy,
-            "latency_ms": latency_ms,
-            "latency_ratio": latency_ratio,
-            "latency_cached": cached,
-            "predicted_ratio": predicted_ratio,
-            "clamped_steps": self._clamped,
-            "repaired": repaired,
-            "filled": filled,
-            "remeasured": remeasured,
-            "macs": c.macs,
-            "bops": c.bops,
-            "weight_bytes": c.weight_bytes,
-            "artifact_bytes": c.artifact_bytes,
-            "macs_ratio": c.macs / ref.macs,
-            "objective": config.objective,
-            "target_ratio": config.target_ratio,
-            "within_budget": bool(parts["cost_over_target"] <= 1.0),
-            "seconds": {"build": seconds_build, "latency": seconds_latency},
-        }
+            policy=policy.to_dict(),
+            reference_accuracy=ctx.reference_accuracy,
+            latency_ms=latency_ms,
+            latency_ratio=latency_ratio,
+            latency_cached=cached,
+            predicted_ratio=predicted_ratio,
+            clamped_steps=self._clamped,
+            repaired=repaired,
+            filled=filled,
+            remeasured=remeasured,
+            macs=c.macs,
+            bops=c.bops,
+            weight_bytes=c.weight_bytes,
+            artifact_bytes=c.artifact_bytes,
+            macs_ratio=c.macs / ref.macs,
+            objective=config.objective,
+            target_ratio=config.target_ratio,
+            within_budget=bool(parts["cost_over_target"] <= 1.0),
+            seconds={"build": seconds_build, "latency": seconds_latency},
+        ).to_dict()
 
     SURPRISE = 0.10  # a timing this far above the predicted ratio is confirmed like one over budget
     CONFIRM_ROUNDS = 3  # rounds of three fresh timings (2 s apart) while the lowest reading stays surprising

@@ -6,11 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from envs.rewards import REWARDS as REWARD_FUNCTIONS
 from workloads.datasets.preprocess import Preprocessing, PreprocessingError
 
 KINDS = ("prune", "quantize", "joint")
 OBJECTIVES = ("latency", "macs", "bops", "bytes")
-REWARDS = ("accuracy", "galen", "constrained-soft", "constrained-hard", "amc")
+REWARDS = tuple(REWARD_FUNCTIONS)  # envs.rewards.REWARDS: one entry adds a reward
 LATENCY_SOURCES = ("measure", "predict")
 WALL_MODES = ("paced", "relative", "clamp")
 PRECISION_ALIGN = ("layer", "block", "stage")

@@ -12,6 +12,37 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+
+
+def _galen(accuracy: float, over: float, cost: float) -> tuple[float, float]:
+    penalty = 5 * abs(over - 1)
+    return accuracy - penalty, penalty
+
+
+def _constrained_soft(accuracy: float, over: float, cost: float) -> tuple[float, float]:
+    factor = 1.0 if over <= 1 else over**-0.05
+    return accuracy * factor, accuracy * (1 - factor)
+
+
+def _constrained_hard(accuracy: float, over: float, cost: float) -> tuple[float, float]:
+    penalty = 0.0 if over <= 1 else 5 * abs(over - 1)
+    return accuracy - penalty, penalty
+
+
+def _amc(accuracy: float, over: float, cost: float) -> tuple[float, float]:
+    return -(1 - accuracy) * math.log(max(cost, 1.0)), 0.0
+
+
+# name -> (accuracy, C/T, C in natural units) -> (reward, penalty). Adding a reward is one entry here (the config's
+# allowed values and the env read this registry).
+REWARDS: dict[str, Callable[[float, float, float], tuple[float, float]]] = {
+    "accuracy": _constrained_hard,
+    "galen": _galen,
+    "constrained-soft": _constrained_soft,
+    "constrained-hard": _constrained_hard,
+    "amc": _amc,
+}
 
 
 def reward_parts(kind: str, accuracy: float, cost_ratio: float, cost: float, target_ratio: float) -> dict[str, float]:
@@ -20,21 +51,8 @@ def reward_parts(kind: str, accuracy: float, cost_ratio: float, cost: float, tar
     ``cost_ratio`` is C / C(uncompressed) (for latency: the interleaved measurement's ratio), ``cost`` C in
     natural units (used by ``amc`` only).
     """
-    ratio = cost_ratio
-    over = ratio / target_ratio  # C / T
-    if kind == "galen":
-        penalty = 5 * abs(over - 1)
-        reward = accuracy - penalty
-    elif kind == "constrained-soft":
-        factor = 1.0 if over <= 1 else over**-0.05
-        penalty = accuracy * (1 - factor)
-        reward = accuracy * factor
-    elif kind in ("constrained-hard", "accuracy"):
-        penalty = 0.0 if over <= 1 else 5 * abs(over - 1)
-        reward = accuracy - penalty
-    elif kind == "amc":
-        penalty = 0.0
-        reward = -(1 - accuracy) * math.log(max(cost, 1.0))
-    else:
-        raise ValueError(f"unknown reward {kind!r}")
-    return {"reward": reward, "accuracy": accuracy, "cost_ratio": ratio, "cost_over_target": over, "penalty": penalty}
+    if kind not in REWARDS:
+        raise ValueError(f"unknown reward {kind!r}; allowed: {', '.join(REWARDS)}")
+    over = cost_ratio / target_ratio  # C / T
+    reward, penalty = REWARDS[kind](accuracy, over, cost)
+    return {"reward": reward, "accuracy": accuracy, "cost_ratio": cost_ratio, "cost_over_target": over, "penalty": penalty}

@@ -1,1 +1,2 @@
-"""Experiments: config schemas, the `galen` command line, entry points (train now; search, sweep, report later)."""
+"""Experiments: config schemas, the `galen` command line and its entry points (train, search, sweep, study, compress,
+export, finetune, report, hardware), run directories and the scoring of runs."""

@@ -4,37 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-from collections.abc import Callable
 
-from experiments import compress, deploy, hardware, report, search, sweep, train
+from experiments import compress, deploy, hardware, report, search, study, sweep, train
+from experiments.entry import run
 from experiments.options import add_options, from_args
-from experiments.rundir import RunDirError
-from hardware.client import TargetUnavailableError
-from workloads.checkpoints import CheckpointError
-from workloads.models import ModelNotAvailableError
-
-# The user's mistakes get a one-line error (names, values, what is allowed); anything else is a
-# bug and keeps its traceback. ValueError covers unknown models/datasets and bad config values,
-# FileNotFoundError a dataset found nowhere.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileNotFoundError,
-    CheckpointError,
-    ModelNotAvailableError,
-    TargetUnavailableError,
-    RunDirError,
-    FileExistsError,
-    sweep.TrialsFailedError,
-)
-
-OUR_LOGGERS = ("galen", "workloads", "compression", "hardware", "envs", "agents", "experiments")
-
-
-def _search(args: argparse.Namespace) -> None:
-    search.main(search.config_from_args(args), resume=args.resume, progress=args.progress, report=args.report, summary=args.summary)
-
 
 DEMO_FINETUNE_STEPS = 200  # 94 s for 300 on 2 cores; 200 keep the demo under 10 minutes with room for slow timings
 
@@ -111,15 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     compress.build_parser(p)
-    p.set_defaults(handler=lambda a: compress.main(from_args(compress.CompressConfig, a)))
+    p.set_defaults(handler=compress.command)
 
     p = sub.add_parser("search", help="search a compression policy (RL agent or baseline) from a YAML config", description=search.__doc__)
     search.build_parser(p)
-    p.set_defaults(handler=_search)
+    p.set_defaults(handler=search.command)
 
     p = sub.add_parser("sweep", help="Ray Tune sweep of the agent's hyperparameters (ASHA + Optuna, W&B)", description=sweep.__doc__)
     sweep.build_parser(p)
     p.set_defaults(handler=lambda a: sweep.main(from_args(sweep.SweepConfig, a)))
+
+    p = sub.add_parser(
+        "study",
+        help="many searches (a grid of methods, budgets, seeds, models, targets) as one Ray Tune experiment, and their report",
+        description=study.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    study.build_parser(p)
+    p.set_defaults(handler=study.main)
 
     p = sub.add_parser("report", help="Pareto plot, best policies and markdown summary of a run", description=report.__doc__)
     report.build_parser(p)
@@ -155,20 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # our loggers at INFO; the libraries' (ONNX Runtime's quantizer logs every bias copy on the root logger) at WARNING
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(message)s")
-    for name in OUR_LOGGERS:
-        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    handler: Callable[[argparse.Namespace], object] = args.handler
-    try:
-        handler(args)
-    except USER_ERRORS as error:
-        if args.verbose:
-            raise
-        message = str(error).removeprefix(f"galen {args.command}: ")  # messages that name the command say it once
-        print(f"galen {args.command}: error: {message}", file=sys.stderr)
-        return 1
-    return 0
+    return run(args.command, args.handler, args)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ import yaml
 
 from agents.config import ALGOS
 from envs.config import ConfigError
+from experiments import rundir
 from experiments.config import SearchConfig, merge
-from experiments.options import add_options, option
+from experiments.options import add_options, from_args, option
 from experiments.results import read_json, write_json
 
 log = logging.getLogger("galen.compress")
@@ -286,7 +287,7 @@ def run_flow(
     write_json(state_path, state)
     for name, reason in state["frozen"].items():
         log.warning("frozen (not pruned, still quantizable): %s: %s", name, reason)
-    resume = resume or (out / "config.yaml").exists()
+    resume = resume or (out / rundir.CONFIG).exists()
     log.info("[2/5] feasible range and [3/5] search: %d episodes of %s at %.1f%% latency", config.episodes, config.agent.algo, 100 * ratio)
     try:
         summary = search.main(config, resume=resume, progress=progress, report=True, summary=True)
@@ -361,11 +362,16 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return parser
 
 
+def command(args: argparse.Namespace) -> dict[str, Any]:
+    """``galen compress``'s handler."""
+    return main(from_args(CompressConfig, args))
+
+
 def run(argv: list[str] | None = None) -> int:
     """``python -m experiments.compress`` (what ``ray job submit`` runs): the same as ``galen compress``."""
-    from experiments.cli import main as cli_main
+    from experiments.entry import module_main
 
-    return cli_main(["compress", *(sys.argv[1:] if argv is None else argv)])
+    return module_main("compress", build_parser, command, argv)
 
 
 if __name__ == "__main__":

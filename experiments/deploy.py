@@ -14,21 +14,21 @@ from typing import Any
 
 import torch
 
-from compression.finetune import finetune
-from compression.pipeline import build
+from compression.pipeline import finetune_and_build
 from compression.policy import CompressionPolicy
+from experiments import rundir
 from experiments.config import SearchConfig
 from experiments.results import evaluate, make_env, pick_episode, read_json, write_json
 from experiments.rundir import RunDir
 
 
 def _open(run_dir: str, episode: int | None) -> tuple[SearchConfig, Any, dict[str, Any]]:
-    path = Path(run_dir) / "config.yaml"
+    path = Path(run_dir) / rundir.CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     config = SearchConfig.from_yaml(path)
     run = RunDir(run_dir)
-    record = pick_episode(run.episodes(), read_json(run.path / "best_policy.json"), episode)
+    record = pick_episode(run.episodes(), read_json(run.path / rundir.BEST), episode)
     return config, make_env(config), record
 
 
@@ -73,10 +73,7 @@ def finetune_policy(
     ctx = env.ctx
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
     before = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
-    simulation = compressed.simulate(ctx.calibration)
-    history = finetune(compressed.model, ctx.data, epochs=epochs, lr=lr, steps=steps, seed=config.seed, progress=True)
-    simulation.remove()
-    build(compressed, ctx.example, ctx.calibration)
+    history = finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, epochs=epochs, lr=lr, steps=steps, seed=config.seed)
     after = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
     length = {"steps": steps} if steps else {"epochs": epochs}
     result = {**after, "before": before, **length, "lr": lr, "train_seconds": history.seconds}

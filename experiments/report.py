@@ -13,13 +13,14 @@ from typing import Any
 import yaml
 
 from agents.recorder import pareto_front, read_episodes
+from experiments import rundir
 from experiments.results import read_json
 
 REPORT_DIR = "report"
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / rundir.CONFIG
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no config.yaml)")
     episodes = read_episodes(run_dir)
@@ -30,9 +31,9 @@ def _load(run_dir: Path) -> dict[str, Any]:
         "config": yaml.safe_load(config_file.read_text()),
         "episodes": episodes,
         "front": pareto_front(episodes),
-        "best": read_json(run_dir / "best_policy.json"),
-        "summary": read_json(run_dir / "summary.json"),
-        "state": read_json(run_dir / "state.json") or {},
+        "best": read_json(run_dir / rundir.BEST),
+        "summary": read_json(run_dir / rundir.SUMMARY),
+        "state": read_json(run_dir / rundir.STATE) or {},
     }
 
 

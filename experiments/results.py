@@ -47,6 +47,19 @@ def test_accuracy(env: CompressionEnv, artifact: bytes) -> float:
     return evaluate_onnx(artifact, ctx.data.loader("test", 250), threads=min(2, os.cpu_count() or 1))
 
 
+def fixed_finetune(env: CompressionEnv, policy: Any, steps: int) -> tuple[float, float]:
+    """Test accuracy of ``policy`` after a fixed, short fine-tune (``steps`` SGD steps of batch 128, lr 0.01, simulated
+    quantization, seed 0: the same for every policy, so their outcomes compare), and its seconds. What the studies and the
+    search benchmark rank policies by."""
+    from compression.pipeline import finetune_and_build
+
+    ctx = env.ctx
+    started = time.perf_counter()
+    compressed = env.build_compressed(policy, finetune_steps=0)
+    finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, steps=steps, lr=0.01, seed=0, progress=False)
+    return test_accuracy(env, compressed.artifact.data), time.perf_counter() - started
+
+
 SLOW_RETRIES = 3  # rounds of fresh timings for a final measurement taken while the machine ran slow
 SLOW_PAUSE_S = 2.0
 

@@ -24,9 +24,19 @@ from typing import Any
 
 import yaml
 
+from agents.recorder import BEST as BEST_FILE
+from agents.recorder import EPISODES as EPISODES_FILE
+from agents.recorder import PARETO as PARETO_FILE
 from agents.recorder import read_episodes, write_atomic
 from experiments.config import SearchConfig
 
+# The layout's file names: every module reads and writes a run directory through these (the recorder's own three
+# come from agents.recorder, which writes them).
+CONFIG = "config.yaml"
+STATE = "state.json"
+SUMMARY = "summary.json"
+EPISODES, PARETO, BEST = EPISODES_FILE, PARETO_FILE, BEST_FILE
+REPORT = "report"
 KEEP_CHECKPOINTS = 2
 # Fields a resume may change: the episode budget (to extend a run) and where W&B logs go.
 RESUMABLE_CHANGES = ("episodes", "wandb", "checkpoint_every", "env.threads")  # env.threads: speed only
@@ -45,11 +55,11 @@ class RunDir:
     @classmethod
     def open(cls, config: SearchConfig, resume: bool) -> RunDir:
         run = cls(config.run_dir)
-        existing = run.path / "config.yaml"
+        existing = run.path / CONFIG
         if existing.exists() and not read_episodes(run.path) and run.latest_checkpoint() is None:
             # a run that stopped before its first episode (a bad budget, a crash while preparing) holds nothing to lose:
             # the same command starts it again, with whatever config it now has
-            (run.path / "state.json").unlink(missing_ok=True)
+            (run.path / STATE).unlink(missing_ok=True)
             existing.unlink()
         if existing.exists():
             if not resume:
@@ -82,7 +92,7 @@ class RunDir:
 
     # --- state ----------------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        path = self.path / "state.json"
+        path = self.path / STATE
         return json.loads(path.read_text()) if path.exists() else {}
 
     def start_clock(self) -> None:
@@ -95,7 +105,7 @@ class RunDir:
         if clock is not None and "seconds" not in changes:
             changes["seconds"] = clock[0] + time.time() - clock[1]
         state = {**self.state(), **changes, "updated": time.time()}
-        write_atomic(self.path / "state.json", json.dumps(state, indent=1))
+        write_atomic(self.path / STATE, json.dumps(state, indent=1))
 
     def episodes(self) -> list[dict[str, Any]]:
         return read_episodes(self.path)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from agents.recorder import EpisodeLog, read_episodes
-from experiments import cluster
+from experiments import cluster, rundir
 from experiments.config import SearchConfig, builtin_config
 from experiments.results import format_summary, make_env, read_json, summarize, write_json
 from experiments.rundir import RunDir
@@ -208,7 +208,9 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
 
 
 # --- baselines --------------------------------------------------------------------------------------
-def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -> None:
+def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_episode: Any = None) -> None:
+    """Play the baseline until the run holds ``config.episodes`` of its episodes, then the uniform safety net;
+    ``on_episode(done, summary)`` after each (a study's trial reports to Tune through it)."""
     from agents.baselines import play_safety_net, run_baseline
 
     episode_log = EpisodeLog(run.path, _wandb_options(config, run))
@@ -224,6 +226,8 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool) -
                 run.set_state()  # the run's seconds so far (a killed run resumes its clock from here)
                 if done % BASELINE_LOG_EVERY == 0 or done >= config.episodes:
                     _log_progress(bar, min(done, config.episodes), config.episodes, episode_log.summary())
+                if on_episode is not None:
+                    on_episode(done, episode_log.summary())
 
             env.ctx.replay_observations(episode_log.records)  # a resumed run keeps its online calibration
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]
@@ -266,7 +270,7 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
         return finish(config, run, env, report)  # under Ray: the latency client's actors are still there
     except KeyboardInterrupt:
         run.set_state(status="interrupted")
-        log.warning("interrupted; continue with: galen search --config %s --resume", run.path / "config.yaml")
+        log.warning("interrupted; continue with: galen search --config %s --resume", run.path / rundir.CONFIG)
         raise
     finally:
         if owns_ray:
@@ -326,11 +330,11 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
 
 
 def finish(config: SearchConfig, run: RunDir, env: Any, report: bool = True) -> dict[str, Any]:
-    best = read_json(run.path / "best_policy.json")
+    best = read_json(run.path / rundir.BEST)
     if best is None:
         raise RuntimeError(f"{run.path}: no episode finished")
     summary = summarize(env, best, read_episodes(run.path))
-    write_json(run.path / "summary.json", summary)
+    write_json(run.path / rundir.SUMMARY, summary)
     print(format_summary(summary))
     if report:
         from experiments.report import write_report
@@ -372,11 +376,16 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig.from_yaml(path, parse_overrides(args.set))
 
 
+def command(args: argparse.Namespace) -> None:
+    """``galen search``'s handler."""
+    main(config_from_args(args), resume=args.resume, progress=args.progress, report=args.report, summary=args.summary)
+
+
 def run(argv: list[str] | None = None) -> int:
     """``python -m experiments.search`` (what ``ray job submit`` runs): the same as ``galen search``."""
-    from experiments.cli import main as cli_main
+    from experiments.entry import module_main
 
-    return cli_main(["search", *(sys.argv[1:] if argv is None else argv)])
+    return module_main("search", build_parser, command, argv)
 
 
 if __name__ == "__main__":

@@ -104,9 +104,10 @@ def _wandb_callback(project: str | None, name: str) -> list[Any]:
 FAILED = "failed"  # the content of the END item Tune's W&B queue gets for a trial that errored
 
 
-def _failure_marking_wandb_callback() -> type:
+def _failure_marking_wandb_callback(labels: Any = None) -> type:
     """Ray's ``WandbLoggerCallback`` whose runs of errored trials end with exit code 1 (W&B marks them failed), with
-    each run's files in its trial's folder of the sweep's storage.
+    each run's files in its trial's folder of the sweep's storage; ``labels(trial)``: W&B init fields of the trial's run
+    (a study names each run after its cell and gives the method as its job type).
 
     Ray's own ends every trial's run with exit code 0 (``log_trial_end`` ignores ``failed``), so a crashed trial looked
     finished on the dashboard. The classes are built here: importing Ray's W&B integration imports wandb.
@@ -147,6 +148,8 @@ def _failure_marking_wandb_callback() -> type:
             if trial.path and "://" not in trial.path:
                 Path(trial.path).mkdir(parents=True, exist_ok=True)
                 kwargs.setdefault("dir", trial.path)
+            if labels is not None:
+                kwargs.update(labels(trial))
             super()._start_logging_actor(trial, exclude_results, **kwargs)
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:

@@ -5,7 +5,9 @@ A layer is described by a plain mapping (``compression.plan.layer_specs`` writes
 int8. The fp32 artifact is one Conv (or Gemm); the int8 artifact is the QDQ pattern ONNX Runtime's
 static quantizer writes for the full model (uint8 activations, per-channel int8 weights, int32
 bias), which ONNX Runtime fuses into QLinearConv (QGemm for linear layers), so the table times the
-same kernels the compressed model runs. Weights are drawn from a seed derived from the shape, so
+same kernels the compressed model runs. A strided 1x1 int8 conv (a downsampling shortcut) also hands its
+quantized input to a one-element slice, as the block's first conv shares it in the model: alone, OpenVINO
+rewrites it into pooling + conv and runs it in f32. Weights are drawn from a seed derived from the shape, so
 the same shape always serialises to the same bytes and hits the latency cache.
 """
 
@@ -91,6 +93,7 @@ def layer_artifact(shape: LayerShape) -> bytes:
     weight = (rng.standard_normal(w_shape) * 0.1).astype(np.float32)
     bias = (rng.standard_normal(shape.out_channels) * 0.01).astype(np.float32)
     nodes, inits = [], []
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)]
 
     def op(inputs: list[str], output: str) -> onnx.NodeProto:
         if shape.kind == "linear":
@@ -124,11 +127,19 @@ def layer_artifact(shape: LayerShape) -> bytes:
             helper.make_node("QuantizeLinear", ["y_f", "y_scale", "y_zp"], ["y_q"]),
             helper.make_node("DequantizeLinear", ["y_q", "y_scale", "y_zp"], ["y"]),
         ]
+        if shape.kind == "conv" and shape.kernel == (1, 1) and shape.stride != (1, 1):
+            # A strided 1x1 conv (a ResNet's downsampling shortcut) whose quantized input has no other consumer,
+            # OpenVINO rewrites into pooling + conv and runs in f32; in the model the block's input also feeds its
+            # first conv, and it runs u8. A one-element slice of the input is that second consumer (ONNX Runtime
+            # still fuses the conv into QLinearConv; the slice costs next to nothing).
+            inits += [_init("tap_start", np.zeros(4, np.int64)), _init("tap_end", np.ones(4, np.int64))]
+            nodes.append(helper.make_node("Slice", ["x_dq", "tap_start", "tap_end"], ["tap"]))
+            outputs.append(helper.make_tensor_value_info("tap", TensorProto.FLOAT, ["N", 1, 1, 1]))
     graph = helper.make_graph(
         nodes,
         "layer",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        outputs,
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="galen-latency-table")

@@ -9,9 +9,9 @@ import shutil
 
 import pytest
 
-from bench.galen import analysis
 from bench.galen.peak import floor_ms, matmul_peak
 from bench.galen.plan import plan
+from experiments import analysis
 
 
 def _rec(episode: int, accuracy: float, cost: float, t: float, cached: bool = False, source: str = "sac") -> dict:

@@ -14,7 +14,7 @@ import torch
 
 from compression.pipeline import compress
 from compression.plan import layer_specs
-from compression.policy import CompressionPolicy, Precision
+from compression.policy import CompressionPolicy, Precision, uniform_policy
 from compression.structure import discover
 from hardware.client import LatencyClient
 from hardware.layers import LayerShape, LayerSpecError, layer_artifact
@@ -31,6 +31,8 @@ CONV = {
     "input_hw": [16, 16],
     "output_hw": [8, 8],
 }
+
+QDQ_CONV = ["QuantizeLinear", "DequantizeLinear", "QLinearConv", "DequantizeLinear"]
 
 
 def _optimised_ops(data: bytes) -> list[str]:
@@ -49,6 +51,8 @@ def _optimised_ops(data: bytes) -> list[str]:
         ({**CONV, "int8": True}, ["QuantizeLinear", "QLinearConv", "DequantizeLinear"], (1, 64, 8, 8)),
         ({**CONV, "in_channels": 64, "groups": 64, "int8": True}, ["QuantizeLinear", "QLinearConv", "DequantizeLinear"], (1, 64, 8, 8)),
         ({"kind": "linear", "in_channels": 64, "out_channels": 10, "int8": True}, ["QuantizeLinear", "QGemm", "DequantizeLinear"], (1, 10)),
+        # a downsampling shortcut: its input also feeds a one-element slice (OpenVINO's second consumer, below)
+        ({**CONV, "kernel": [1, 1], "int8": True}, ["QuantizeLinear", "Slice", *QDQ_CONV[1:]], (1, 64, 8, 8)),
     ],
 )
 def test_layer_artifacts_run_the_kernels_of_the_compressed_model(spec: dict, ops: list[str], out_shape: tuple) -> None:
@@ -59,6 +63,25 @@ def test_layer_artifacts_run_the_kernels_of_the_compressed_model(spec: dict, ops
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     x = np.zeros((1, shape.in_channels, *shape.input_hw) if shape.kind == "conv" else (1, shape.in_channels), np.float32)
     assert session.run(None, {"x": x})[0].shape == out_shape
+
+
+def test_openvino_runs_every_int8_layer_artifact_of_a_resnet_in_int8() -> None:
+    """The lookup table of the openvino-cpu target times one-layer artifacts through the same precision check as the
+    models: every int8 layer of ResNet-20 (3x3 convs, strided 1x1 shortcuts, the classifier) must run u8/i8 there."""
+    pytest.importorskip("openvino")
+    from hardware.runtime import OpenVinoRuntime
+
+    model, x = build_model("resnet20", 1, 10).eval(), torch.randn(1, 1, 32, 32)
+    structure = discover(model, x)
+    shapes = set()
+    for keep in (1.0, 0.5):
+        specs = layer_specs(structure, uniform_policy(structure, keep, 8), round_to=16)
+        shapes |= {LayerShape.from_spec(spec) for spec in specs}
+    assert any(s.kernel == (1, 1) and s.stride == (2, 2) for s in shapes) and all(s.int8 for s in shapes)
+    runtime = OpenVinoRuntime()
+    for shape in shapes:
+        data = layer_artifact(shape)
+        assert runtime.check(runtime.compile(data, 1, 1), data) == {"layer": "int8"}, shape
 
 
 def test_bad_layer_specs() -> None:

@@ -33,6 +33,7 @@ import yaml
 
 from agents.recorder import dumps, read_episodes, write_atomic
 from bench.galen.plan import Run
+from experiments import rundir
 from experiments.rundir import RunDir
 
 FORMAT = 1
@@ -90,12 +91,12 @@ def save_run(out: Path, run: Run) -> Path | None:
     path = archive_path(out, run)
     if path.exists():
         return path
-    config_file = run_dir / "config.yaml"
+    config_file = run_dir / rundir.CONFIG
     config = yaml.safe_load(config_file.read_text()) if config_file.exists() else None
     # runs/ does not outlive a checkout, so a run is searched on one machine, this one: its latencies are this CPU's
     if not state.get("cpu"):
         state = {**state, "cpu": cpu_name()}
-        write_atomic(run_dir / "state.json", json.dumps(state, indent=1))
+        write_atomic(run_dir / rundir.STATE, json.dumps(state, indent=1))
     write_gz_json(path, {"format": FORMAT, "label": run.label, "state": state, "config": config, "episodes": read_episodes(run_dir)})
     return path
 
@@ -110,11 +111,11 @@ def restore_run(out: Path, run: Run) -> bool:
     if archived.get("label") != run.label:
         raise ValueError(f"{path} holds run {archived.get('label')!r}, not {run.label!r}; the file was renamed or edited")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "episodes.jsonl", "".join(json.dumps(r) + "\n" for r in archived["episodes"]))
+    write_atomic(run_dir / rundir.EPISODES, "".join(json.dumps(r) + "\n" for r in archived["episodes"]))
     if archived.get("config") is not None:
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(archived["config"], sort_keys=False))
+        write_atomic(run_dir / rundir.CONFIG, yaml.safe_dump(archived["config"], sort_keys=False))
     state = {**archived["state"], "status": "finished", "restored_from": str(path)}
-    write_atomic(run_dir / "state.json", json.dumps(state, indent=1))
+    write_atomic(run_dir / rundir.STATE, json.dumps(state, indent=1))
     return True
 
 

@@ -33,8 +33,9 @@ from typing import Any
 import yaml
 
 from agents.recorder import dumps, read_episodes, write_atomic
-from bench.galen import analysis, archive
+from bench.galen import archive
 from bench.galen.plan import METHODS, Run, budget_tag, plan, search_config
+from experiments import analysis, rundir
 
 ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
@@ -101,7 +102,7 @@ def status(run: Run, out: Path) -> str:
 
 
 def _episodes_done(run: Run, out: Path) -> int:
-    path = run.run_dir(out) / "episodes.jsonl"
+    path = run.run_dir(out) / rundir.EPISODES
     if not path.exists():
         return 0
     with path.open("rb") as handle:
@@ -258,8 +259,7 @@ class Finalizer:
             return self.done[key]
         import torch
 
-        from compression.finetune import finetune
-        from compression.pipeline import build
+        from compression.pipeline import finetune_and_build
         from compression.policy import CompressionPolicy
         from experiments.results import test_accuracy
 
@@ -269,10 +269,8 @@ class Finalizer:
         before = test_accuracy(env, compressed.artifact.data)
         torch.set_num_threads(os.cpu_count() or 1)
         started = time.perf_counter()
-        simulation = compressed.simulate(ctx.calibration)
-        finetune(compressed.model, ctx.data, steps=self.args.finetune_steps, lr=0.01, seed=0, progress=False)
-        simulation.remove()
-        build(compressed, ctx.example, ctx.calibration)
+        steps = self.args.finetune_steps
+        finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, steps=steps, lr=0.01, seed=0, progress=False)
         seconds = time.perf_counter() - started
         torch.set_num_threads(1)
         after = test_accuracy(env, compressed.artifact.data)

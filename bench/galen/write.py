@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.recorder import read_episodes
-from bench.galen import analysis
 from bench.galen.archive import cpu_name
 from bench.galen.plan import METHODS, budget_tag
+from experiments import analysis
 
 LABELS = {
     "sac-joint": "SAC, joint (pruning + int8)",

@@ -49,28 +49,13 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return float(kendalltau(x, y).statistic)
 
 
-def fixed_finetune(env: Any, policy: Any, steps: int) -> tuple[float, float]:
-    """Test accuracy after the benchmark's fixed fine-tune, and its seconds."""
-    from compression.finetune import finetune
-    from compression.pipeline import build
-    from experiments.results import test_accuracy
-
-    ctx = env.ctx
-    started = time.perf_counter()
-    compressed = env.build_compressed(policy, finetune_steps=0)
-    simulation = compressed.simulate(ctx.calibration)
-    finetune(compressed.model, ctx.data, steps=steps, lr=0.01, seed=0, progress=False)
-    simulation.remove()
-    build(compressed, ctx.example, ctx.calibration)
-    return test_accuracy(env, compressed.artifact.data), time.perf_counter() - started
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     import torch
 
     from agents.baselines import play
     from compression.policy import CompressionPolicy
     from envs import JointEnv
+    from experiments.results import fixed_finetune
     from hardware.protocol import cpu_model
 
     args = parse_args(argv)

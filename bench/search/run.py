@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from experiments import rundir
+
 ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
 RESULTS = REPO / "bench" / "results" / "search.json"
@@ -98,13 +100,14 @@ def method_key(run: dict[str, Any]) -> str:
 
 
 def run_name(run: dict[str, Any]) -> str:
-    """``<model>-b<budget>[-r<round_to>][-d<distill>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the
+    """``<model>-b<budget>[-r<round_to>][-d<distill>][-t<target>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the
     archives before ``paced`` existed), none for uniform (it plays without the wall)."""
     mode = run.get("wall_mode", "paced")
     mode = "" if mode == "relative" or run["method"] == "uniform" else f"-{mode}"
     rounding = "" if run.get("round_to", 8) == 8 else f"-r{run['round_to']}"
     distill = f"-d{run['distill']}" if run.get("distill") else ""
-    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}{distill}-{run['method']}{mode}-s{run['seed']}"
+    target = "" if run.get("target", "local-cpu") == "local-cpu" else f"-t{run['target']}"  # bench.targets' searches
+    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}{distill}{target}-{run['method']}{mode}-s{run['seed']}"
 
 
 @functools.cache
@@ -133,7 +136,7 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
         "workload": {"model": run["model"], "dataset": "fashion-mnist", "base_epochs": 5, "checkpoint": base_checkpoint(run["model"])},
         "env": {
             "kind": "joint",
-            "target": "local-cpu",
+            "target": run.get("target", "local-cpu"),
             "objective": "latency",
             "target_ratio": run["budget"],
             "wall_mode": run.get("wall_mode", "paced"),
@@ -165,7 +168,7 @@ def search(run: dict[str, Any], episodes: int) -> None:
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: searching", flush=True)
     subprocess.run(command, cwd=REPO, env=env, check=True)
-    state = json.loads((run_dir / "state.json").read_text())
+    state = json.loads((run_dir / rundir.STATE).read_text())
     records = read_episodes(run_dir)
     archive(run).parent.mkdir(parents=True, exist_ok=True)
     with gzip.GzipFile(archive(run), "wb", mtime=0) as handle:
@@ -230,10 +233,10 @@ def final_measure(
     key = f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}{rounding}"
     if key in cache and "reference_ms" in cache[key]:
         return cache[key]
-    from bench.search.fidelity import fixed_finetune
     from compression.pipeline import compress
     from compression.policy import CompressionPolicy
     from envs import JointEnv
+    from experiments.results import fixed_finetune
     from hardware.client import LatencyClient, lowest_ratio
     from hardware.protocol import cpu_model
 
@@ -421,7 +424,7 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
         + ", ".join(f"{m} {used.get(m, 0)} distillation steps" for m in fidelity)
         + " (the cheapest that ranks policies; ResNet-20's 0 steps reach tau 0.66)."
     )
-    lines += ["", *[f"![{p}]({Path(p).name})" for p in plots], "", "<!-- search:end -->"]
+    lines += ["", *[f"![{p}](results/{Path(p).name})" for p in plots], "", "<!-- search:end -->"]
     readme = REPO / "bench" / "README.md"
     text = readme.read_text()
     section = "\n".join(lines)

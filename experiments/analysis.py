@@ -1,4 +1,5 @@
-"""Scoring one run's episodes against a latency budget (pure functions on ``episodes.jsonl`` records).
+"""Scoring one search run's episodes against its budget (pure functions on ``episodes.jsonl`` records): used by
+``galen study report`` and the Galen benchmark.
 
 - Only the searched episodes count (an RL run's closing ``<algo>-deterministic`` read-out is left
   out, so every method is scored on the same episode budget).
@@ -17,6 +18,7 @@ import statistics
 from typing import Any
 
 from agents.recorder import pareto_front as pareto  # noqa: F401  (the front the search records, reused for plots)
+from envs.record import EpisodeOutcome
 
 PAUSE_S = 300.0
 
@@ -105,5 +107,6 @@ def score(records: list[dict[str, Any]], budget: float, episodes: int | None = N
 def _brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    keys = ("episode", "source", "accuracy", "cost_ratio", "latency_ms", "macs", "macs_ratio", "bops", "artifact_bytes", "reward")
-    return {k: record.get(k) for k in keys}
+    outcome = EpisodeOutcome.from_dict(record)
+    brief = ("accuracy", "cost_ratio", "latency_ms", "macs", "macs_ratio", "bops", "artifact_bytes", "reward")
+    return {"episode": record.get("episode"), "source": record.get("source"), **{k: getattr(outcome, k) for k in brief}}

@@ -1,0 +1,322 @@
+"""Benchmark: is a policy specific to its target? (issue 23; ``make bench-targets``)
+
+``python -m bench.targets`` searches the same model at the same latency budget once per target
+(``local-cpu``: ONNX Runtime, 1 thread; ``openvino-cpu``: OpenVINO, 1 thread; ``local-cpu-2t``: ONNX
+Runtime, 2 threads; the budget is a ratio to the uncompressed model *on that target*), then re-measures
+every target's best within-budget policy on every target (uncached, the least disturbed of
+``--timings`` readings against the uncompressed model) and gives it the fixed fine-tune of
+``bench.search`` (the same cache, ``bench/search/data/final.json``). The searches are
+``bench.search`` runs (resumable, archived to ``bench/search/data/``; the ``local-cpu`` ones are the
+search benchmark's own, reused when present).
+
+The cross-target matrix: row = the policy searched for target X, column = target Y, cell = its
+latency ratio on Y (and its accuracy, which does not depend on the target). The claim holds on Y when
+Y's own policy is within Y's budget and no other target's policy beats it there: more accurate
+(beyond ``--accuracy-margin``) while also within Y's budget, or as accurate and faster beyond the
+measurement's repeatability (3%). Also per target: the latency predictor's error (MAPE of the
+predicted ratio) on the search's own measured episodes, and with ``--predictor-policies N`` on N
+random ResNet-20 policies (calibrated on 12 others, as ``bench.hardware``).
+
+Writes ``bench/results/targets.json``, ``bench/results/targets-<model>-b<budget>.png`` and the
+``targets`` section of ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.report import environment, write_section
+from bench.search import run as search_bench
+
+RESULTS = Path(__file__).parent / "results" / "targets.json"
+TARGETS = ("local-cpu", "openvino-cpu", "local-cpu-2t")
+REPEATABILITY = 0.03  # the same artifact re-measured spreads about this much (bench/README.md, hardware section)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.targets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--plan", default="resnet56:0.4", help="model:budget[;model:budget] (default: resnet56:0.4)")
+    p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated targets (default: {','.join(TARGETS)})")
+    p.add_argument("--method", default="sac", help="the search method of every run (default: sac)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int, default=80, help="episodes per search (default: 80, as bench.search)")
+    p.add_argument("--round-to", type=int, default=16)
+    p.add_argument("--finetune-steps", type=int, default=200)
+    p.add_argument("--timings", type=int, default=3, help="uncached readings per policy and target; the lowest ratio counts")
+    p.add_argument("--accuracy-margin", type=float, default=0.003, help="accuracy difference that counts (fraction; default 0.003)")
+    p.add_argument("--predictor-policies", type=int, default=0, help="random ResNet-20 policies for each target's predictor MAPE")
+    p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only")
+    args = p.parse_args(argv)
+    from hardware.targets import TargetError, get_target
+
+    for name in args.targets.split(","):
+        try:
+            get_target(name)
+        except TargetError as error:
+            p.error(f"--targets: {error}")
+    for part in args.plan.split(";"):
+        model, _, budget = part.partition(":")
+        try:
+            if not 0 < float(budget) < 1:
+                raise ValueError
+        except ValueError:
+            p.error(f"--plan: {part!r} is not model:budget with a budget in (0, 1), e.g. resnet56:0.4")
+    return args
+
+
+def runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One bench.search run per model, budget and target."""
+    out = []
+    for part in args.plan.split(";"):
+        model, _, budget = part.partition(":")
+        for target in args.targets.split(","):
+            out.append(
+                {"model": model, "budget": float(budget), "seed": args.seed, "method": args.method, "round_to": args.round_to}
+                | {"wall_mode": "paced", "target": target}
+            )
+    return out
+
+
+def search_all(args: argparse.Namespace) -> dict[str, str]:
+    """Run (or resume, or skip when archived) every search; a target whose search fails is reported, not fatal."""
+    failed = {}
+    for run in runs(args):
+        try:
+            search_bench.search(run, args.episodes)
+        except subprocess.CalledProcessError as error:
+            failed[search_bench.run_name(run)] = f"galen search exited {error.returncode}"
+            print(f"{search_bench.run_name(run)}: search failed ({failed[search_bench.run_name(run)]}); see its log above", flush=True)
+    return failed
+
+
+def best_policy(run: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The run's best within-budget episode of its own agent, and its metrics (bench.search's)."""
+    loaded = search_bench.load(run)
+    if loaded is None:
+        return None, {}
+    _, records = loaded
+    metrics = search_bench.run_metrics(run["method"], records)
+    return metrics.pop("best"), metrics
+
+
+def measure_everywhere(model: str, budget: float, record: dict[str, Any], targets: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The policy's latency ratio on every target (lowest of ``args.timings`` uncached readings against the uncompressed
+    model on that target)."""
+    from compression.pipeline import compress
+    from compression.policy import CompressionPolicy
+    from envs import JointEnv
+    from hardware.client import LatencyClient, lowest_ratio
+    from hardware.targets import get_target
+
+    env = JointEnv({"model": model, "base_epochs": 5, "target_ratio": budget, "round_to": args.round_to})
+    ctx = env.ctx
+    policy = CompressionPolicy.from_dict(record["policy"])
+    artifact = compress(ctx.model, policy, ctx.example, ctx.calibration, structure=ctx.structure, round_to=args.round_to).artifact
+    out = {}
+    for name in targets:
+        client = LatencyClient(get_target(name), cache=None)
+        try:
+            reading = lowest_ratio([client.measure(artifact.data, ctx.reference) for _ in range(args.timings)])
+        except Exception as error:  # noqa: BLE001 - e.g. a runtime that runs a layer in another precision: said, not fatal
+            out[name] = {"latency_ratio": float("nan"), "error": f"{type(error).__name__}: {error}"}
+            continue
+        out[name] = {"latency_ratio": reading.ratio, "ms": reading.candidate.median_ms, "reference_ms": reading.reference.median_ms}
+    return out
+
+
+def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: float) -> dict[str, Any]:
+    """Per target Y: does Y's own policy beat the other targets' policies on Y?"""
+    rows = cell["rows"]
+    out = {}
+    for y in targets:
+        own = rows.get(y)
+        if own is None or "on" not in own:
+            out[y] = {"holds": None, "why": "no policy searched for this target"}
+            continue
+        limit = budget * (1 + REPEATABILITY)
+        own_ratio, own_acc = own["on"][y]["latency_ratio"], own["accuracy_after_finetune"]
+        if own_ratio != own_ratio:  # NaN: not measured there
+            out[y] = {"holds": None, "why": f"its own policy could not be measured on it ({own['on'][y].get('error')})"}
+            continue
+        pairs = {}
+        for x, other in rows.items():
+            if x == y or "on" not in other:
+                continue
+            ratio, acc = other["on"][y]["latency_ratio"], other["accuracy_after_finetune"]
+            if ratio != ratio:
+                pairs[x] = f"not measured on {y} ({other['on'][y].get('error')})"
+            elif ratio > limit:
+                pairs[x] = f"over budget on {y} ({ratio:.3f} > {budget:.2f})"
+            elif acc > own_acc + margin:
+                pairs[x] = f"more accurate within budget ({100 * acc:.2f}% vs {100 * own_acc:.2f}%): beats the own policy"
+            elif acc >= own_acc - margin and ratio < own_ratio * (1 - REPEATABILITY):
+                pairs[x] = f"as accurate and faster ({ratio:.3f} vs {own_ratio:.3f}): beats the own policy"
+            elif acc < own_acc - margin:
+                pairs[x] = f"less accurate ({100 * acc:.2f}% vs {100 * own_acc:.2f}%)"
+            else:
+                pairs[x] = f"a tie (accuracy within {100 * margin:.1f} points, latency {ratio:.3f} vs {own_ratio:.3f})"
+        beaten = any("beats the own policy" in v for v in pairs.values())
+        specific = any(v.startswith(("over budget", "less accurate")) for v in pairs.values())
+        within = own_ratio <= limit
+        holds = within and not beaten and specific
+        out[y] = {"holds": holds, "own_within_budget": within, "against": pairs}
+    return out
+
+
+def predictor_mapes(targets: list[str], n: int, seed: int) -> dict[str, Any]:
+    """Each target's predictor on ``n`` random ResNet-20 policies (calibrated on 12 others): bench.hardware's measure."""
+    import tempfile
+
+    from bench.hardware import predictor_error
+    from hardware.cache import LatencyCache
+    from hardware.client import LatencyClient
+    from hardware.targets import get_target
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in targets:
+            client = LatencyClient(get_target(name), cache=LatencyCache(Path(tmp) / f"{name}.sqlite"))
+            try:
+                result = predictor_error("resnet20", client, 12, n, seed)
+            except Exception as error:  # noqa: BLE001 - one target's failure (a runtime's precision check) is a result too
+                out[name] = {"error": f"{type(error).__name__}: {error}"}
+                print(f"predictor {name}: failed: {out[name]['error']}", flush=True)
+                continue
+            out[name] = {k: result[k] for k in ("evaluated", "mape_ms", "mape_ratio", "mape_uncalibrated_sum", "calibration")}
+            print(f"predictor {name}: MAPE ratio {result['mape_ratio']:.1f}% on {n} policies", flush=True)
+    return out
+
+
+def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
+    from agents.recorder import dumps, write_atomic
+
+    targets = args.targets.split(",")
+    final_path = search_bench.ROOT / "data" / "final.json"
+    cache = json.loads(final_path.read_text()) if final_path.exists() else {}
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out: dict[str, Any] = {"environment": environment(), "targets": targets, "cells": {}, "failed_searches": failed}
+    out["predictor"] = old.get("predictor", {})
+    if args.predictor_policies:
+        out["predictor"] = predictor_mapes(targets, args.predictor_policies, args.seed)
+    for part in args.plan.split(";"):
+        model, _, budget_text = part.partition(":")
+        budget = float(budget_text)
+        cell: dict[str, Any] = {"model": model, "budget": budget, "method": args.method, "episodes": args.episodes, "rows": {}}
+        for run in runs(args):
+            if run["model"] != model or run["budget"] != budget:
+                continue
+            best, metrics = best_policy(run)
+            row: dict[str, Any] = {"run": search_bench.run_name(run), "within_budget_rate": metrics.get("within_budget_rate")}
+            row["predictor_mape_episodes"] = metrics.get("predictor_mape")
+            if best is None:
+                row["why"] = failed.get(row["run"], "no archived search, or no episode within budget")
+                cell["rows"][run["target"]] = row
+                continue
+            final = search_bench.final_measure(model, budget, best, args.finetune_steps, cache, args.round_to)
+            write_atomic(final_path, dumps(cache, indent=1))
+            row.update(
+                policy=best["policy"],
+                accuracy=best["accuracy"],
+                latency_ratio_searched=best["latency_ratio"],
+                accuracy_after_finetune=final["test_after_finetune"],
+                on=measure_everywhere(model, budget, best, targets, args),
+            )
+            cell["rows"][run["target"]] = row
+            print(f"{row['run']}: " + ", ".join(f"{y} {v['latency_ratio']:.3f}" for y, v in row["on"].items()), flush=True)
+        cell["verdicts"] = verdicts(cell, targets, budget, args.accuracy_margin)
+        out["cells"][f"{model}:{budget:.2f}"] = cell
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(RESULTS, json.dumps(out, indent=1) + "\n")
+    plots = [plot(cell, targets) for cell in out["cells"].values() if any("on" in r for r in cell["rows"].values())]
+    write_section("targets", readme_lines(out, plots, args))
+    return out
+
+
+def plot(cell: dict[str, Any], targets: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.8), sharey=True, squeeze=False)
+    for ax, y in zip(axes[0], targets, strict=True):
+        for index, (x, row) in enumerate(cell["rows"].items()):
+            if "on" not in row:
+                continue
+            point = (row["on"][y]["latency_ratio"], 100 * row["accuracy_after_finetune"])
+            ax.scatter(*point, s=120 if x == y else 50, marker="*" if x == y else "o", color=f"C{index}", label=f"searched for {x}")
+        ax.axvline(cell["budget"], color="k", ls="--", lw=1, label="budget")
+        ax.set_title(f"measured on {y}")
+        ax.set_xlabel("latency ratio on this target")
+    axes[0][0].set_ylabel("test accuracy after fine-tune (%)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"{cell['model']} at {cell['budget']:.0%}: each target's best policy on every target")
+    fig.tight_layout()
+    path = RESULTS.parent / f"targets-{cell['model']}-b{round(100 * cell['budget'])}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace) -> list[str]:
+    env = out["environment"]
+    lines = [
+        "## Is a policy specific to its target? (issue 23)",
+        "",
+        f"`python -m bench.targets` ({args.method}, {args.episodes} episodes per target, seed {args.seed}; {env['cpu']}, "
+        f"{env['date']}). Rows: the best within-budget policy searched for a target; columns: its latency ratio re-measured "
+        f"on each target (lowest of {args.timings} uncached readings); accuracy after the fixed {args.finetune_steps}-step "
+        "fine-tune. Raw data: `bench/results/targets.json`.",
+        "",
+    ]
+    for cell in out["cells"].values():
+        lines += [f"**{cell['model']} at {cell['budget']:.0%}**", ""]
+        lines.append("| searched for | val. acc. | after fine-tune | " + " | ".join(f"on {t}" for t in out["targets"]) + " |")
+        lines.append("|---|---|---|" + "---|" * len(out["targets"]))
+        for x, row in cell["rows"].items():
+            if "on" not in row:
+                lines.append(f"| {x} | {row.get('why', '')} | |" + " |" * len(out["targets"]))
+                continue
+            ratios = " | ".join(
+                (f"**{row['on'][y]['latency_ratio']:.3f}**" if y == x else f"{row['on'][y]['latency_ratio']:.3f}") for y in out["targets"]
+            )
+            lines.append(f"| {x} | {100 * row['accuracy']:.2f}% | {100 * row['accuracy_after_finetune']:.2f}% | {ratios} |")
+        lines.append("")
+        for y, v in cell["verdicts"].items():
+            if v["holds"] is None:
+                lines.append(f"- on {y}: {v['why']}")
+                continue
+            word = "holds" if v["holds"] else "does not hold"
+            lines.append(f"- on {y}: the claim {word}; " + "; ".join(f"{x}'s policy: {why}" for x, why in v["against"].items()))
+        lines.append("")
+    if out.get("predictor"):
+        lines.append("Latency predictor per target (ResNet-20, calibrated on 12 measured models, MAPE of the predicted ratio):")
+        lines.append("")
+        lines += [
+            f"- {t}: {p['mape_ratio']:.1f}% on {p['evaluated']} random policies" if "error" not in p else f"- {t}: failed ({p['error']})"
+            for t, p in out["predictor"].items()
+        ]
+        lines.append("")
+    lines += [f"![{p}](results/{p})" for p in plots]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse_args(argv)
+    failed: dict[str, str] = {}
+    started = time.time()
+    if args.only in (None, "search"):
+        failed = search_all(args)
+        print(f"searches done in {(time.time() - started) / 60:.1f} min", flush=True)
+    if args.only in (None, "write"):
+        return write(args, failed)
+    return None
+
+
+if __name__ == "__main__":
+    main()

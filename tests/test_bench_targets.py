@@ -1,0 +1,71 @@
+"""The cross-target benchmark's plan and verdicts (bench.targets); its searches and timings are the benchmark's own."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import targets as bench_targets
+from bench.search import run as search_bench
+
+TARGETS = ["local-cpu", "openvino-cpu", "local-cpu-2t"]
+
+
+def _row(accuracy: float, **ratios: float) -> dict:
+    return {
+        "accuracy": accuracy,
+        "accuracy_after_finetune": accuracy,
+        "on": {t.replace("_", "-"): {"latency_ratio": r} for t, r in ratios.items()},
+    }
+
+
+def test_each_target_searches_its_own_run_and_local_cpu_reuses_the_search_benchmarks_runs() -> None:
+    args = bench_targets.parse_args(["--plan", "resnet56:0.4", "--targets", ",".join(TARGETS)])
+    names = [search_bench.run_name(r) for r in bench_targets.runs(args)]
+    # local-cpu is the search benchmark's own run name (its archive is reused), the others carry their target
+    assert names == [
+        "resnet56-b40-r16-sac-paced-s0",
+        "resnet56-b40-r16-topenvino-cpu-sac-paced-s0",
+        "resnet56-b40-r16-tlocal-cpu-2t-sac-paced-s0",
+    ]
+    assert [r["target"] for r in bench_targets.runs(args)] == TARGETS
+
+
+def test_the_claim_holds_only_where_the_own_policy_is_not_beaten_on_its_target() -> None:
+    rows = {
+        # each policy fits its own target's budget (0.40) and not the others'
+        "local-cpu": _row(0.92, local_cpu=0.39, openvino_cpu=0.47, local_cpu_2t=0.45),
+        "openvino-cpu": _row(0.92, local_cpu=0.44, openvino_cpu=0.39, local_cpu_2t=0.43),
+        # the two-thread target's own policy is less accurate than local-cpu's, which also fits its budget there
+        "local-cpu-2t": _row(0.90, local_cpu=0.41, openvino_cpu=0.50, local_cpu_2t=0.38),
+    }
+    rows["local-cpu"]["on"]["local-cpu-2t"]["latency_ratio"] = 0.40
+    out = bench_targets.verdicts({"rows": rows}, TARGETS, 0.40, 0.003)
+    assert out["local-cpu"]["holds"] is True
+    assert out["local-cpu"]["against"]["openvino-cpu"].startswith("over budget on local-cpu (0.440 > 0.40)")
+    # 0.41 counts as within the budget (the 3% repeatability), but it is less accurate
+    assert out["local-cpu"]["against"]["local-cpu-2t"] == "less accurate (90.00% vs 92.00%)"
+    assert out["openvino-cpu"]["holds"] is True
+    assert out["local-cpu-2t"]["holds"] is False
+    assert "beats the own policy" in out["local-cpu-2t"]["against"]["local-cpu"]
+    # a target whose own policy misses its budget there: no claim either
+    rows["openvino-cpu"]["on"]["openvino-cpu"]["latency_ratio"] = 0.45
+    assert bench_targets.verdicts({"rows": rows}, TARGETS, 0.40, 0.003)["openvino-cpu"]["holds"] is False
+    # a target without a searched policy is said so
+    del rows["openvino-cpu"]
+    assert bench_targets.verdicts({"rows": rows}, TARGETS, 0.40, 0.003)["openvino-cpu"] == {
+        "holds": None,
+        "why": "no policy searched for this target",
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--targets", "local-cpu,tpu"], "--targets: unknown hardware target 'tpu'; known targets: arm-board, local-cpu"),
+        (["--plan", "resnet56:40"], "--plan: 'resnet56:40' is not model:budget with a budget in (0, 1), e.g. resnet56:0.4"),
+    ],
+)
+def test_bad_arguments_name_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench_targets.parse_args(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
