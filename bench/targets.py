@@ -136,7 +136,7 @@ def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: fl
     for y in targets:
         own = rows.get(y)
         if own is None or "on" not in own:
-            out[y] = {"holds": None, "why": "no policy searched for this target"}
+            out[y] = {"holds": None, "why": (own or {}).get("why") or "no policy searched for this target"}
             continue
         limit = budget * (1 + REPEATABILITY)
         own_ratio, own_acc = own["on"][y]["latency_ratio"], own["accuracy_after_finetune"]
@@ -192,6 +192,17 @@ def predictor_mapes(targets: list[str], n: int, seed: int) -> dict[str, Any]:
     return out
 
 
+def _why_not(run: dict[str, Any]) -> str:
+    """Why a target has no policy: its search refused the budget (below its feasible range), or nothing was archived."""
+    state_path = search_bench.ROOT / "runs" / search_bench.run_name(run) / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    floor = (state.get("feasible_range") or [None])[0]
+    if floor is not None and run["budget"] < floor:
+        which = state.get("feasible_extreme", "its cheapest uniform policy")
+        return f"the budget is below this target's floor: {100 * floor:.1f}% ({which}); no search"
+    return "no archived search, or no episode within budget"
+
+
 def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
     from agents.recorder import dumps, write_atomic
 
@@ -214,7 +225,7 @@ def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
             row: dict[str, Any] = {"run": search_bench.run_name(run), "within_budget_rate": metrics.get("within_budget_rate")}
             row["predictor_mape_episodes"] = metrics.get("predictor_mape")
             if best is None:
-                row["why"] = failed.get(row["run"], "no archived search, or no episode within budget")
+                row["why"] = failed.get(row["run"]) or _why_not(run)
                 cell["rows"][run["target"]] = row
                 continue
             final = search_bench.final_measure(model, budget, best, args.finetune_steps, cache, args.round_to)

@@ -459,7 +459,7 @@ def markdown(out: dict[str, Any], plots: dict[str, list[str]]) -> str:
     for setting, methods in out["comparison"].items():
         lines += [f"## {setting}", ""]
         lines.append(
-            "| method | seeds | within budget | best val. acc. | after fine-tune | re-measured cost | episodes to 95% | time to 95% (s) |"
+            "| method | seeds | within budget | best val. acc. | after fine-tune | latency (target) | episodes to 95% | time to 95% (s) |"
         )
         lines.append("|---|---|---|---|---|---|---|---|")
         for method, s in methods.items():
