@@ -16,6 +16,7 @@ from compression.pipeline import Compressed, build, compress, finetune_and_build
 from compression.plan import layer_specs, planned_structure
 from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
 from compression.pruning import kept_channels
+from envs import ENV_CLASS_NAMES
 from envs.config import EnvConfig, EnvConfigError
 from envs.context import EnvContext, every_core
 from envs.record import EpisodeOutcome
@@ -562,7 +563,7 @@ class JointEnv(CompressionEnv):
     kind = "joint"
 
 
-ENV_IDS = {"galen/Prune-v0": PruneEnv, "galen/Quantize-v0": QuantizeEnv, "galen/Joint-v0": JointEnv}
+ENV_IDS = {env_id: globals()[name] for env_id, name in ENV_CLASS_NAMES.items()}
 
 
 def register() -> None:

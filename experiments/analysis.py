@@ -18,7 +18,6 @@ import statistics
 from typing import Any
 
 from agents.recorder import pareto_front as pareto  # noqa: F401  (the front the search records, reused for plots)
-from envs.record import EpisodeOutcome
 
 PAUSE_S = 300.0
 
@@ -107,6 +106,5 @@ def score(records: list[dict[str, Any]], budget: float, episodes: int | None = N
 def _brief(record: dict[str, Any] | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    outcome = EpisodeOutcome.from_dict(record)
-    brief = ("accuracy", "cost_ratio", "latency_ms", "macs", "macs_ratio", "bops", "artifact_bytes", "reward")
-    return {"episode": record.get("episode"), "source": record.get("source"), **{k: getattr(outcome, k) for k in brief}}
+    keys = ("episode", "source", "accuracy", "cost_ratio", "latency_ms", "macs", "macs_ratio", "bops", "artifact_bytes", "reward")
+    return {k: record.get(k) for k in keys}

@@ -24,10 +24,7 @@ from typing import Any
 
 import yaml
 
-from agents.recorder import BEST as BEST_FILE
-from agents.recorder import EPISODES as EPISODES_FILE
-from agents.recorder import PARETO as PARETO_FILE
-from agents.recorder import read_episodes, write_atomic
+from agents.recorder import BEST, EPISODES, PARETO, read_episodes, write_atomic  # noqa: F401 (BEST, EPISODES, PARETO: re-exported)
 from experiments.config import SearchConfig
 
 # The layout's file names: every module reads and writes a run directory through these (the recorder's own three
@@ -35,7 +32,6 @@ from experiments.config import SearchConfig
 CONFIG = "config.yaml"
 STATE = "state.json"
 SUMMARY = "summary.json"
-EPISODES, PARETO, BEST = EPISODES_FILE, PARETO_FILE, BEST_FILE
 REPORT = "report"
 KEEP_CHECKPOINTS = 2
 # Fields a resume may change: the episode budget (to extend a run) and where W&B logs go.

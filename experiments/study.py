@@ -47,7 +47,6 @@ from typing import Any
 import yaml
 
 from envs.config import ConfigError
-from experiments import rundir
 from experiments.config import SearchConfig, builtin_config, merge
 
 log = logging.getLogger("galen.study")
@@ -221,9 +220,8 @@ def trial(params: dict[str, Any]) -> None:
     check_budget(config, env, run)
     run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)
 
-    def report(summary: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-        metrics = {k: float(v) for k, v in {**summary, **(extra or {})}.items() if isinstance(v, int | float)}
-        tune.report(metrics)
+    def report(summary: dict[str, Any]) -> None:
+        tune.report({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
 
     if config.agent.is_rl:
         run_rl(config, run, env, progress=False, on_iteration=lambda iteration, summary, checkpoint: report(summary))
@@ -244,8 +242,9 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume``, restore) the study as one Tune experiment; then write its report."""
     from ray import tune
 
+    from agents.recorder import write_atomic
     from experiments import cluster
-    from experiments.sweep import TrialsFailedError, _first_line
+    from experiments.sweep import _wandb_callback, raise_failed_trials
 
     cells = study.cells()
     path = study.path
@@ -261,7 +260,7 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
     elif path.exists() and any(path.iterdir()):
         raise FileExistsError(f"study {path} exists; pass --resume to continue it, or choose another name")
     path.mkdir(parents=True, exist_ok=True)
-    _write_text(saved, yaml.safe_dump(study.to_dict(), sort_keys=False))
+    write_atomic(saved, yaml.safe_dump(study.to_dict(), sort_keys=False))
     log.info("study %s: %d cells (%s), in %s", study.name, len(cells), ", ".join(c.name for c in cells), path)
     owns_ray = cluster.connect()
     try:
@@ -276,7 +275,8 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
                 cell = by_cell.get(_cell_name(t.config))
                 return {"name": cell.name, "job_type": method_label(cell, study)} if cell else {}
 
-            callbacks = [] if not project else _wandb(project, study.name, labels, study.wandb)
+            options = {k: v for k, v in study.wandb.items() if k in ("entity", "mode")}
+            callbacks = _wandb_callback(project, study.name, labels, log_config=False, **options)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"cell": tune.grid_search([{"name": c.name, "config": c.config} for c in cells])},
@@ -291,12 +291,7 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
             ray.shutdown()
     out = report(study)
     print(f"study {path}: {len(cells)} cells; report: {path / REPORT_DIR / 'study.md'}")
-    failed = [r for r in results if r.error is not None]
-    if failed:
-        lines = [
-            f"{_cell_name(r.config)}: {type(r.error).__name__}: {_first_line(r.error)} (error file: {r.path}/error.txt)" for r in failed
-        ]
-        raise TrialsFailedError(f"galen study: {len(failed)} of {len(results)} cells failed:\n  " + "\n  ".join(lines))
+    raise_failed_trials("galen study", "cells", results, lambda r: _cell_name(r.config))
     return out
 
 
@@ -304,26 +299,12 @@ def _cell_name(config: dict[str, Any] | None) -> str:
     return ((config or {}).get("cell") or {}).get("name", "?")
 
 
-def _wandb(project: str, group: str, labels: Any, options: dict[str, Any]) -> list[Any]:
-    from experiments.sweep import _failure_marking_wandb_callback
-
-    mode = options.get("mode") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    os.environ.setdefault("WANDB_MODE", mode)  # the callback's logging actors inherit the driver's environment
-    extra = {k: v for k, v in options.items() if k in ("entity",)}
-    return [_failure_marking_wandb_callback(labels)(project=project, group=group, mode=mode, log_config=False, **extra)]
-
-
-def _write_text(path: Path, text: str) -> None:
-    from agents.recorder import write_atomic
-
-    write_atomic(path, text)
-
-
 # --- the report -------------------------------------------------------------------------------------------
 def score_cell(cell: Cell, study: StudyConfig) -> dict[str, Any]:
     """What the report says of one cell, from its run directory (nothing measured yet)."""
     from agents.recorder import read_episodes
     from experiments import analysis
+    from experiments.rundir import RunDir
 
     config = cell.search
     run_dir = Path(config.run_dir)
@@ -332,7 +313,7 @@ def score_cell(cell: Cell, study: StudyConfig) -> dict[str, Any]:
     own = [r for r in records if r.get("source") == algo]
     scored = analysis.score(own, budget)
     safety = analysis.best_within([r for r in records if r.get("source") == "uniform-safety"], budget)
-    state = json.loads((run_dir / rundir.STATE).read_text()) if (run_dir / rundir.STATE).is_file() else {}
+    state = RunDir(run_dir).state()
     best = analysis.best_within(own, budget)
     return {
         "cell": cell.name,
@@ -514,8 +495,8 @@ def plot(rows: list[dict[str, Any]], out_dir: Path) -> dict[str, list[str]]:
             array = 100 * np.array([c[:n] for c in curves], dtype=float)
             for curve in array:
                 right.plot(curve, color=f"C{color}", lw=0.6, alpha=0.4)
-            with np.errstate(all="ignore"):
-                right.plot(np.nanmean(array, axis=0) if len(array) else [], color=f"C{color}", lw=2, label=f"{method} ({len(group)} seeds)")
+            with np.errstate(all="ignore"):  # episodes before any within budget are NaN in every seed
+                right.plot(np.nanmean(array, axis=0), color=f"C{color}", lw=2, label=f"{method} ({len(group)} seeds)")
         left.axvline(budget, color="k", ls="--", lw=1, label=f"budget {budget:g}")
         left.set_xlabel("cost ratio (measured)")
         left.set_ylabel("validation accuracy (%)")

@@ -93,12 +93,14 @@ def trial(params: dict[str, Any], base: dict[str, Any], experiment_dir: str) -> 
     run_rl(config, run, env, progress=False, on_iteration=report)
 
 
-def _wandb_callback(project: str | None, name: str) -> list[Any]:
+def _wandb_callback(project: str | None, name: str, labels: Any = None, log_config: bool = True, **init: Any) -> list[Any]:
+    """Tune's W&B callback for a sweep or a study (group ``name``; ``labels(trial)``: a run's own init fields; ``init``:
+    more of them, e.g. entity, mode), or none without a project."""
     if not project:
         return []
-    mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    mode = init.pop("mode", None) or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     os.environ.setdefault("WANDB_MODE", mode)  # the callback's logging actors inherit the driver's environment
-    return [_failure_marking_wandb_callback()(project=project, group=name, mode=mode, log_config=True)]
+    return [_failure_marking_wandb_callback(labels)(project=project, group=name, mode=mode, log_config=log_config, **init)]
 
 
 FAILED = "failed"  # the content of the END item Tune's W&B queue gets for a trial that errored
@@ -238,11 +240,17 @@ def main(sweep: SweepConfig) -> Any:
             ray.shutdown()
     _print_results(results, sweep.metric, path)
     _write_results(results, path / "sweep.json")
-    failed = [r for r in results if r.error is not None]
-    if failed:  # a sweep with a failed trial is not a success: exit non-zero, say which and where its error is
-        lines = [f"{Path(r.path).name}: {type(r.error).__name__}: {_first_line(r.error)} (error file: {r.path}/error.txt)" for r in failed]
-        raise TrialsFailedError(f"galen sweep: {len(failed)} of {len(results)} trials failed:\n  " + "\n  ".join(lines))
+    # a sweep with a failed trial is not a success: exit non-zero, say which and where its error is
+    raise_failed_trials("galen sweep", "trials", results, lambda r: Path(r.path).name)
     return results
+
+
+def raise_failed_trials(command: str, what: str, results: Any, name: Any) -> None:
+    """TrialsFailedError naming each failed trial (``name(result)``), its error and its error file, if any failed."""
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        lines = [f"{name(r)}: {type(r.error).__name__}: {_first_line(r.error)} (error file: {r.path}/error.txt)" for r in failed]
+        raise TrialsFailedError(f"{command}: {len(failed)} of {len(results)} {what} failed:\n  " + "\n  ".join(lines))
 
 
 class TrialsFailedError(RuntimeError):
