@@ -5,10 +5,8 @@ Used by ``galen search`` (its closing table and ``summary.json``), ``galen expor
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from compression.export import evaluate_onnx
@@ -158,13 +156,3 @@ def format_summary(summary: dict[str, Any]) -> str:
             "is out of reach for this model on this target; the report's Pareto front shows what is reachable."
         )
     return text
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    from agents.recorder import dumps, write_atomic
-
-    write_atomic(path, dumps(data, indent=1))
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None

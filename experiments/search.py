@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from agents.recorder import EpisodeLog, read_episodes
+from envs.jsonio import read_json, write_json
 from experiments import cluster, rundir
 from experiments.config import SearchConfig, builtin_config
-from experiments.results import format_summary, make_env, read_json, summarize, write_json
+from experiments.results import format_summary, make_env, summarize
 from experiments.rundir import RunDir
 
 log = logging.getLogger("galen.search")

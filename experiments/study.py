@@ -242,7 +242,7 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume``, restore) the study as one Tune experiment; then write its report."""
     from ray import tune
 
-    from agents.recorder import write_atomic
+    from envs.jsonio import write_atomic
     from experiments import cluster
     from experiments.sweep import _wandb_callback, raise_failed_trials
 
@@ -366,7 +366,7 @@ def measure_best(row: dict[str, Any], cell: Cell, steps: int, cache: dict[str, A
 
 def report(study: StudyConfig, finetune_steps: int | None = None) -> dict[str, Any]:
     """Score every cell, measure the best policies (cached), compare the methods; write study.json, study.md, plots."""
-    from agents.recorder import dumps, write_atomic
+    from envs.jsonio import dumps, write_atomic
 
     steps = study.finetune_steps if finetune_steps is None else finetune_steps
     out_dir = study.path / REPORT_DIR

@@ -32,9 +32,10 @@ from typing import Any
 
 import yaml
 
-from agents.recorder import dumps, read_episodes, write_atomic
+from agents.recorder import read_episodes
 from bench.galen import archive
 from bench.galen.plan import METHODS, Run, budget_tag, plan, search_config
+from envs.jsonio import dumps, write_atomic
 from experiments import analysis, rundir
 
 ROOT = Path(__file__).parent

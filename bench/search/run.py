@@ -270,7 +270,7 @@ def final_measure(
 
 def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """search.json, the plot and the README section from the archived runs (re-measure and fine-tune what is new)."""
-    from agents.recorder import dumps, write_atomic
+    from envs.jsonio import dumps, write_atomic
 
     final_path = ROOT / "data" / "final.json"
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
