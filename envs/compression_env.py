@@ -19,6 +19,7 @@ from compression.pruning import kept_channels
 from envs import ENV_CLASS_NAMES
 from envs.config import EnvConfig, EnvConfigError
 from envs.context import EnvContext, every_core
+from envs.objectives import OBJECTIVES
 from envs.record import EpisodeOutcome
 from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
@@ -386,7 +387,7 @@ class CompressionEnv(gym.Env):
         compressed = self.build_compressed(policy)
         seconds_build = time.perf_counter() - start
         start_latency = time.perf_counter()
-        measured = config.objective == "latency" and config.latency_source == "measure"
+        measured = config.measured_objective and config.latency_source == "measure"
         guarded = config.budget_guard and measured
         # A measurement over budget decides the episode: it is confirmed (the lowest of three fresh timings) first, with
         # the wall or without (the safety net, the uniform grid: a timing cached while the machine was loaded put the
@@ -412,12 +413,8 @@ class CompressionEnv(gym.Env):
         artifact = compressed.artifact
         accuracy = ctx.accuracy(artifact.data)
         c, ref = compressed.costs, ctx.reference_costs
-        natural = {
-            "latency": (latency_ratio, latency_ms * 1e3),
-            "macs": (c.macs / ref.macs, c.macs),
-            "bops": (c.bops / ref.bops, c.bops),
-            "bytes": (c.weight_bytes / ref.weight_bytes, c.weight_bytes),
-        }[config.objective]
+        objective = OBJECTIVES[config.objective]
+        natural = (latency_ratio, latency_ms * 1e3) if objective.measured else (objective.cost(c) / objective.cost(ref), objective.cost(c))
         parts = reward_parts(config.reward, accuracy, natural[0], natural[1], config.target_ratio)
         return EpisodeOutcome(
             **parts,
@@ -465,13 +462,13 @@ class CompressionEnv(gym.Env):
         m = ctx.client.measure(artifact, ctx.reference)
 
         def surprising(reading: Measurement) -> bool:  # for latency: far above the prediction (the slow mode, or a real miss)
-            return config.objective == "latency" and reading.ratio > predicted_ratio * (1.0 + self.SURPRISE)
+            return config.measured_objective and reading.ratio > predicted_ratio * (1.0 + self.SURPRISE)
 
         # more rounds only while the readings disagree with the prediction: a budget below the floor, read as predicted,
         # is not timed nine times per episode
         if confirm and (m.ratio > config.target_ratio or surprising(m)):
             m = ctx.client.confirm(artifact, ctx.reference, until=lambda r: not surprising(r), rounds=self.CONFIRM_ROUNDS)
-        if config.objective == "latency":
+        if config.measured_objective:
             ctx.observe_latency(specs, predicted_ratio, m.ratio)  # online calibration of the predictor
         return m.candidate.median_ms, m.ratio, m.cached, predicted_ratio
 
@@ -499,7 +496,7 @@ class CompressionEnv(gym.Env):
     # --- the feasible range --------------------------------------------------------------------------
     def cost_ratio(self, policy: CompressionPolicy) -> float:
         """``policy``'s cost as a fraction of the uncompressed model's: measured on the target (cache first) for latency."""
-        if self.config.objective != "latency" or self.config.latency_source != "measure":
+        if not self.config.measured_objective or self.config.latency_source != "measure":
             return self.ctx.analytic_cost(policy) / self.ctx.analytic_reference_cost()
         return self.ctx.client.measure(self._artifact(policy), self.ctx.reference).ratio
 
@@ -534,7 +531,7 @@ class CompressionEnv(gym.Env):
         55% where it measures 44%, and a 50% budget was refused).
         """
         corners = self.corner_policies()
-        if self.config.objective != "latency":
+        if not self.config.measured_objective:
             costs = {name: self.ctx.analytic_cost(p) / self.ctx.analytic_reference_cost() for name, p in corners.items()}
         else:
             client = LatencyClient(self.ctx.target, cache=None)

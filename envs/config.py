@@ -6,11 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from envs.objectives import OBJECTIVES as OBJECTIVE_REGISTRY
 from envs.rewards import REWARDS as REWARD_FUNCTIONS
 from workloads.datasets.preprocess import Preprocessing, PreprocessingError
 
 KINDS = ("prune", "quantize", "joint")
-OBJECTIVES = ("latency", "macs", "bops", "bytes")
+OBJECTIVES = tuple(OBJECTIVE_REGISTRY)  # envs.objectives.OBJECTIVES: one entry adds an objective
 REWARDS = tuple(REWARD_FUNCTIONS)  # envs.rewards.REWARDS: one entry adds a reward
 LATENCY_SOURCES = ("measure", "predict")
 WALL_MODES = ("paced", "relative", "clamp")
@@ -88,6 +89,11 @@ class EnvConfig:
     # Several searches sharing a machine (a sweep or study with concurrent trials): 1.
     threads: int = 0
     seed: int = 0
+
+    @property
+    def measured_objective(self) -> bool:
+        """Is the objective timed on the target (latency), rather than computed from the compressed model?"""
+        return OBJECTIVE_REGISTRY[self.objective].measured
 
     def __post_init__(self) -> None:
         choices = {

@@ -79,7 +79,7 @@ def measure_final(env: CompressionEnv, artifact: bytes, expected_ratio: float | 
     ctx = env.ctx
     client = ctx.client
     m = client.measure(artifact, ctx.reference)
-    if env.config.objective == "latency":
+    if env.config.measured_objective:
         fastest = ctx.reference_ms  # the calibration's timing of the reference (itself kept from its fastest-reference timing)
     else:  # no latency predictor to build for it (its per-layer table is hundreds of timings): the fastest this search saw
         fastest = client.fastest_reference_ms(ctx.reference)

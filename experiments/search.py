@@ -300,7 +300,7 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
         floor, ceiling, which = env.feasible_range()
         # A refusal is measured twice more after a pause, the lowest floor counting: a stretch of load on a shared
         # machine (seen here: Ray workers of a stopped run still exiting) put ResNet-20's 44% floor at 55%.
-        for _ in range(2 if config.env.target_ratio < floor and config.env.objective == "latency" else 0):
+        for _ in range(2 if config.env.target_ratio < floor and config.env.measured_objective else 0):
             time.sleep(RECHECK_PAUSE_S)
             again, _, also = env.feasible_range()
             if again < floor:
@@ -318,7 +318,7 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
     if target < floor and not config.env.budget_guard:
         log.warning("env.target_ratio %g is below the feasible range (%.3f); budget_guard is off, so the search runs anyway", target, floor)
     elif target < floor:
-        latency = config.env.objective == "latency"
+        latency = config.env.measured_objective
         # a small model's floor is overhead-bound and reads high under load (ResNet-20, AMD EPYC: 30% idle, 43-45% while
         # a test suite ran beside it), even timed again after pauses
         busy = "; timings read high while other work shares the CPU: if some did, run again when the machine is idle" if latency else ""

@@ -233,8 +233,10 @@ def trial(params: dict[str, Any]) -> None:
 def _resources(params: dict[str, Any]) -> Any:
     from ray import tune
 
+    from agents.config import RL_ALGOS
+
     agent = params["cell"]["config"]["agent"]
-    runners = agent.get("env_runners", 0) if agent["algo"] in ("sac", "ppo") else 0
+    runners = agent.get("env_runners", 0) if agent["algo"] in RL_ALGOS else 0
     return tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": 1}] * runners)
 
 
@@ -355,7 +357,7 @@ def measure_best(row: dict[str, Any], cell: Cell, steps: int, cache: dict[str, A
         env = make_env(config)
         policy = CompressionPolicy.from_dict(row["best_policy"])
         artifact = env.build_compressed(policy, finetune_steps=0).artifact.data
-        measured = measure_final(env, artifact, expected_ratio=row["best_cost_ratio"] if config.env.objective == "latency" else None)
+        measured = measure_final(env, artifact, expected_ratio=row["best_cost_ratio"] if config.env.measured_objective else None)
         after, seconds = fixed_finetune(env, policy, steps) if steps else (None, 0.0)
         cache[key] = {"latency_ratio": measured.ratio, "test_after_finetune": after, "finetune_seconds": seconds}
     row.update(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents.baselines import OptunaAskTell, TPESearch, play, play_safety_net, run_baseline, safety_net, stage_groups, uniform_grid
+from agents.baselines import GPBOSearch, NSGA2Search, TPESearch, play, play_safety_net, run_baseline, safety_net, stage_groups, uniform_grid
 from agents.recorder import EpisodeLog, read_episodes
 from envs import JointEnv, PruneEnv
 
@@ -87,7 +87,7 @@ def test_gp_bo_searches_one_keep_and_one_precision_per_stage(env_config, tmp_pat
     groups = stage_groups(env)
     # ResNet-20: the stem, three stages of layers.<stage>.*, the classifier
     assert [env.units[g[0]] for g in groups][:2] == ["conv1", "layers.0.0.conv1"] and len(groups) == 5
-    search = OptunaAskTell("gp-bo", env, seed=0, episodes=3, history=[])
+    search = GPBOSearch(env, seed=0, episodes=3, history=[])
     assert len(search.params) <= 2 * len(groups) < int(env.action_mask().sum())
     _, actions = search.ask()
     stage = groups[2]
@@ -97,7 +97,7 @@ def test_gp_bo_searches_one_keep_and_one_precision_per_stage(env_config, tmp_pat
     records = read_episodes(tmp_path / "gp")
     assert [r["source"] for r in records] == ["gp-bo"] * 3
     assert run_baseline("gp-bo", env, EpisodeLog(tmp_path / "gp"), episodes=4, seed=0) == 1  # resumed: only the missing one
-    assert len(OptunaAskTell("gp-bo", env, seed=0, episodes=4, history=read_episodes(tmp_path / "gp")).study.trials) == 4
+    assert len(GPBOSearch(env, seed=0, episodes=4, history=read_episodes(tmp_path / "gp")).study.trials) == 4
 
 
 def test_nsga2_optimises_accuracy_and_cost_under_the_budget_constraint(env_config, tmp_path) -> None:
@@ -106,7 +106,7 @@ def test_nsga2_optimises_accuracy_and_cost_under_the_budget_constraint(env_confi
     assert run_baseline("nsga2", env, log, episodes=3, seed=0) == 3
     records = read_episodes(tmp_path / "nsga2")
     assert [r["source"] for r in records] == ["nsga2"] * 3
-    study = OptunaAskTell("nsga2", env, seed=0, episodes=3, history=records).study
+    study = NSGA2Search(env, seed=0, episodes=3, history=records).study
     assert [len(t.values) for t in study.trials] == [2, 2, 2]  # accuracy and the cost ratio
     assert all(t.values == [r["reward"], r["cost_ratio"]] for t, r in zip(study.trials, records, strict=True))
     assert all(

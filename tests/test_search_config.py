@@ -71,6 +71,19 @@ def test_sweep_space_comes_from_the_agent_config_fields() -> None:
     assert AgentConfig.from_dict({"hidden": [32, 32]}).hidden == (32, 32)
 
 
+def test_every_search_method_is_one_registry_entry_that_loads() -> None:
+    from agents.baselines import Searcher
+    from agents.config import ALGOS, BASELINES, METHODS, RL_ALGOS
+
+    assert ALGOS == tuple(METHODS) and set(RL_ALGOS) | set(BASELINES) == set(ALGOS) and not set(RL_ALGOS) & set(BASELINES)
+    for name, method in METHODS.items():
+        entry = method.load()
+        assert callable(entry) and (issubclass(entry, Searcher) if not method.rl else entry.__name__ == f"{name}_config"), name
+        assert set(method.tuned) <= set(search_space_defaults(name)) and AgentConfig(algo=name).is_rl == method.rl
+    with pytest.raises(ConfigError, match="field 'algo'.*'dqn'.*allowed: sac, ppo, uniform, random, tpe, nsga2, gp-bo"):
+        AgentConfig(algo="dqn")
+
+
 def _info(accuracy: float, cost: float, target: float = 0.5) -> dict:
     return {
         "reward": accuracy - 5 * abs(cost / target - 1),
