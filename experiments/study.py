@@ -245,7 +245,6 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
     from ray import tune
 
     from envs.jsonio import write_atomic
-    from experiments import cluster
     from experiments.sweep import _wandb_callback, raise_failed_trials
 
     cells = study.cells()
@@ -264,37 +263,59 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
     path.mkdir(parents=True, exist_ok=True)
     write_atomic(saved, yaml.safe_dump(study.to_dict(), sort_keys=False))
     log.info("study %s: %d cells (%s), in %s", study.name, len(cells), ", ".join(c.name for c in cells), path)
+    callbacks = []
+    if not resume:
+        by_cell = {c.name: c for c in cells}
+
+        def labels(t: Any) -> dict[str, Any]:
+            cell = by_cell.get(_cell_name(t.config))
+            return {"name": cell.name, "job_type": method_label(cell, study)} if cell else {}
+
+        options = {k: v for k, v in study.wandb.items() if k in ("entity", "mode")}
+        callbacks = _wandb_callback(study.wandb.get("project"), study.name, labels, log_config=False, **options)
+    results = fit_cells(study.name, path.parent, cells, max_concurrent=study.max_concurrent, callbacks=callbacks, resume=resume)
+    out = report(study)
+    print(f"study {path}: {len(cells)} cells; report: {path / REPORT_DIR / 'study.md'}")
+    raise_failed_trials("galen study", "cells", results, lambda r: _cell_name(r.config))
+    return out
+
+
+def fit_cells(
+    name: str,
+    storage: Path,
+    cells: list[Cell],
+    *,
+    max_concurrent: int = 0,
+    callbacks: list[Any] | None = None,
+    resume: bool = False,
+    time_budget_s: float | None = None,
+    verbose: int = 1,
+) -> Any:
+    """Run ``cells`` as the Tune experiment ``storage/name`` (``resume``: restore it), each cell one trial of
+    :func:`trial` continuing its run directory; returns Tune's ``ResultGrid``. ``time_budget_s``: stop every trial
+    after this long (each keeps what it recorded; its run directory resumes later)."""
+    from ray import tune
+
+    from experiments import cluster
+
     owns_ray = cluster.connect()
     try:
         trainable = tune.with_resources(trial, resources=_resources)
         if resume:
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, resume_unfinished=True)
+            tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True, resume_unfinished=True)
         else:
-            project = study.wandb.get("project")
-            by_cell = {c.name: c for c in cells}
-
-            def labels(t: Any) -> dict[str, Any]:
-                cell = by_cell.get(_cell_name(t.config))
-                return {"name": cell.name, "job_type": method_label(cell, study)} if cell else {}
-
-            options = {k: v for k, v in study.wandb.items() if k in ("entity", "mode")}
-            callbacks = _wandb_callback(project, study.name, labels, log_config=False, **options)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"cell": tune.grid_search([{"name": c.name, "config": c.config} for c in cells])},
-                tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.max_concurrent or None),
-                run_config=tune.RunConfig(name=study.name, storage_path=str(path.parent), callbacks=callbacks, verbose=1),
+                tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent or None, time_budget_s=time_budget_s),
+                run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks or None, verbose=verbose),
             )
-        results = tuner.fit()
+        return tuner.fit()
     finally:
         if owns_ray:
             import ray
 
             ray.shutdown()
-    out = report(study)
-    print(f"study {path}: {len(cells)} cells; report: {path / REPORT_DIR / 'study.md'}")
-    raise_failed_trials("galen study", "cells", results, lambda r: _cell_name(r.config))
-    return out
 
 
 def _cell_name(config: dict[str, Any] | None) -> str:

@@ -12,6 +12,7 @@ import pytest
 from bench.galen.peak import floor_ms, matmul_peak
 from bench.galen.plan import plan
 from experiments import analysis
+from tests.ray_env import ray_temp_dir
 
 
 def _rec(episode: int, accuracy: float, cost: float, t: float, cached: bool = False, source: str = "sac") -> dict:
@@ -69,13 +70,24 @@ def test_peak_throughput_and_floor() -> None:
 
 
 def test_tiny_benchmark_end_to_end(tmp_path, trained_resnet20, monkeypatch) -> None:
+    import ray
+
     from bench.galen import archive
     from bench.galen import run as bench_run
 
     monkeypatch.setattr(bench_run, "base_model", lambda args: {"path": str(trained_resnet20.path), "test_acc": 0.9, "epochs": 1})
     argv = ["--model", "resnet20", "--methods", "random,uniform,tpe", "--budgets", "0.5,0.3", "--seeds", "1", "--episodes", "3"]
     argv += ["--val-size", "100", "--finetune-steps", "2", "--jobs", "2", "--out", str(tmp_path)]
-    assert bench_run.main(argv) == 0
+    with ray_temp_dir("galen-bg-"):  # the searches are trials of a Tune experiment on a Ray of the benchmark's own
+        assert bench_run.main(argv) == 0
+    assert not ray.is_initialized()  # started and shut down by the benchmark
+    trials = [json.loads(line) for p in (tmp_path / "tune" / "searches").glob("*/result.json") for line in p.read_text().splitlines()]
+    assert {t["config"]["cell"]["name"] for t in trials} == {
+        "random--shared--seed0",
+        "uniform--shared--seed0",
+        "tpe--b50--seed0",
+        "tpe--b30--seed0",
+    }
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["unfinished"] == []
     assert sorted(results["rows"]) == ["b30/random", "b30/tpe", "b30/uniform", "b50/random", "b50/tpe", "b50/uniform"]
