@@ -112,8 +112,8 @@ def play_safety_net(env: Any, record: Any) -> int:
     return played
 
 
-def _random_actions(env: Any, seed: int, episode: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, episode])
+def _random_actions(env: Any, seed: int, episode: int, candidate: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng([seed, episode] if candidate is None else [seed, episode, candidate])
     return rng.uniform(0.0, 1.0, (len(env.units), env.action_space.shape[0])).astype(np.float32)
 
 
@@ -133,6 +133,10 @@ class Searcher:
     def tell(self, token: Any, info: dict[str, Any]) -> None:
         pass
 
+    def annotate(self, token: Any) -> dict[str, Any]:
+        """What the episode's record keeps besides its actions (e.g. the accuracy a screening predicted)."""
+        return {}
+
 
 class UniformGrid(Searcher):
     """Each distinct policy of :func:`uniform_grid` once, in order."""
@@ -151,11 +155,48 @@ class UniformGrid(Searcher):
 
 
 class RandomSearch(Searcher):
-    """Uniform random actions; episode i draws from the generator seeded (seed, i)."""
+    """Uniform random actions; episode i draws from the generator seeded (seed, i).
+
+    With ``screen`` > 1 (``agent.screen``), APQ-style: once the run has :attr:`AccuracyPredictor.MIN_EPISODES` episodes,
+    each episode draws ``screen`` candidates (generators seeded (seed, i, j)), plans each through the wall
+    (``env.planned_policy``: no build, no timing), and plays the one the accuracy predictor, refitted on every episode
+    so far, ranks first; the record keeps its ``predicted_accuracy``.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        seed: int = 0,
+        history: list[dict[str, Any]] | tuple = (),
+        episodes: int = 0,
+        uniform_steps: int = 0,
+        screen: int = 0,
+    ):
+        super().__init__(env, seed, history, episodes)
+        self.screen = screen
+        if screen > 1:
+            from agents.accuracy import AccuracyPredictor
+
+            self.records = [r for r in history if r.get("source") != "uniform-safety"]
+            self.predictor = AccuracyPredictor.for_env(env).fit(self.records)
 
     def ask(self) -> tuple[Any, np.ndarray] | None:
+        i = self.done
         self.done += 1
-        return self.done - 1, _random_actions(self.env, self.seed, self.done - 1)
+        if self.screen <= 1 or not self.predictor.ready:
+            return (i, None), _random_actions(self.env, self.seed, i)
+        candidates = [_random_actions(self.env, self.seed, i, j) for j in range(self.screen)]
+        predicted = self.predictor.predict([self.env.planned_policy(a) for a in candidates])
+        best = int(np.argmax(predicted))
+        return (i, float(predicted[best])), candidates[best]
+
+    def annotate(self, token: Any) -> dict[str, Any]:
+        return {} if token[1] is None else {"predicted_accuracy": token[1]}
+
+    def tell(self, token: Any, info: dict[str, Any]) -> None:
+        if self.screen > 1:
+            self.records.append(info)
+            self.predictor.fit(self.records)
 
 
 class TPESearch(Searcher):
@@ -285,13 +326,17 @@ class GPBOSearch(OptunaAskTell):
     method = "gp-bo"
 
 
-def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: int, uniform_steps: int = 0, on_episode: Any = None) -> int:
-    """Play the baseline's remaining episodes (``episodes`` in all, counting those already in ``log_``); returns how many ran."""
+def run_baseline(
+    method: str, env: Any, log_: EpisodeLog, episodes: int, seed: int, uniform_steps: int = 0, on_episode: Any = None, screen: int = 0
+) -> int:
+    """Play the baseline's remaining episodes (``episodes`` in all, counting those already in ``log_``); returns how many ran.
+    ``screen``: candidates per episode screened by the accuracy predictor (methods that support it: random)."""
     from agents.config import METHODS
 
     if method not in METHODS or METHODS[method].rl:
         raise ValueError(f"agent config: field 'algo' is {method!r}; baselines: {', '.join(m for m in METHODS if not METHODS[m].rl)}")
-    search = METHODS[method].load()(env, seed=seed, history=log_.records, episodes=episodes, uniform_steps=uniform_steps)
+    options = {"screen": screen} if screen else {}
+    search = METHODS[method].load()(env, seed=seed, history=log_.records, episodes=episodes, uniform_steps=uniform_steps, **options)
     ran = 0
     for _ in range(log_.count(), episodes):
         proposal = search.ask()
@@ -303,7 +348,7 @@ def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: i
         else:
             with env.unguarded():
                 info = play(env, actions, seed)
-        record = log_.record(info, method, {"actions": actions.tolist()})
+        record = log_.record(info, method, {"actions": actions.tolist(), **search.annotate(token)})
         search.tell(token, info)
         ran += 1
         if on_episode:

@@ -63,6 +63,7 @@ METHODS: dict[str, Method] = {
 RL_ALGOS = tuple(name for name, m in METHODS.items() if m.rl)
 BASELINES = tuple(name for name, m in METHODS.items() if not m.rl)
 ALGOS = tuple(METHODS)
+SCREENED = ("random",)  # the methods agent.screen applies to
 
 
 def _f(default: Any, doc: str, space: tuple | None = None) -> Any:
@@ -126,6 +127,11 @@ class AgentConfig:
     entropy_coeff: float = _f(0.01, "PPO: entropy bonus (keeps exploration from collapsing early)", ("loguniform", 1e-3, 5e-2))
     env_runners: int = _f(1, "RLlib env runners (each holds one env: the model and its data)")
     uniform_steps: int = _f(0, "uniform: keep ratios swept per precision (0: fit the episode budget)")
+    screen: int = _f(
+        0,
+        "random: candidates per episode screened by the online accuracy predictor (agents.accuracy, APQ-style); only the one"
+        " predicted most accurate is played (0 or 1: off)",
+    )
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -148,6 +154,7 @@ class AgentConfig:
             "ppo_epochs": 1,
             "env_runners": 0,
             "uniform_steps": 0,
+            "screen": 0,
             "warmup_updates": 0,
         }
         for name, low in at_least.items():
@@ -156,6 +163,10 @@ class AgentConfig:
                 raise ConfigError("agent config", name, value, f"an integer >= {low}")
         if self.warmup_episodes is not None and (not isinstance(self.warmup_episodes, int) or self.warmup_episodes < 0):
             raise ConfigError("agent config", "warmup_episodes", self.warmup_episodes, "an integer >= 0 or null")
+        if self.screen > 1 and self.algo not in SCREENED:
+            raise ConfigError(
+                "agent config", "screen", self.screen, f"0 or 1 (off) with algo {self.algo}; screening works with: {', '.join(SCREENED)}"
+            )
         if self.reward_baseline not in ("buffer", "moving"):
             raise ConfigError("agent config", "reward_baseline", self.reward_baseline, "buffer, moving")
         if not isinstance(self.elite_episodes, int) or self.elite_episodes < 0:

@@ -329,6 +329,15 @@ class CompressionEnv(gym.Env):
         return self._observation(), {"unit": self.units[0], "units": len(self.units)}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        info = self._apply(action)
+        if self._t < len(self.units):
+            return self._observation(), 0.0, False, False, info
+        info.update(self._finish())
+        self.episodes += 1
+        return self._observation(), float(info["reward"]), True, False, info
+
+    def _apply(self, action: np.ndarray) -> dict[str, Any]:
+        """One decision: the action decoded, through the wall (when on), recorded; the step's info."""
         action = np.clip(np.asarray(action, np.float32).reshape(self.action_space.shape), 0.0, 1.0)
         unit = self.units[self._t]
         requested = self._decode(unit, action)
@@ -344,12 +353,27 @@ class CompressionEnv(gym.Env):
             self._precision[unit] = option.precision
         self._previous = applied
         self._t += 1
-        info: dict[str, Any] = {"unit": unit, "guarded": option != requested, "applied_action": applied}
-        if self._t < len(self.units):
-            return self._observation(), 0.0, False, False, info
-        info.update(self._finish())
-        self.episodes += 1
-        return self._observation(), float(info["reward"]), True, False, info
+        return {"unit": unit, "guarded": option != requested, "applied_action": applied}
+
+    def planned_policy(self, actions: np.ndarray) -> CompressionPolicy:
+        """The policy an episode of the (units, k) ``actions`` would build (the wall's steps, the repair, the fill),
+        without building, timing or scoring it (what a method screening candidates needs); the env is reset after."""
+        self.reset()
+        for row in np.asarray(actions, np.float32):
+            self._apply(row)
+        policy = self._final_policy()[0]
+        self.reset()
+        return policy
+
+    def _final_policy(self) -> tuple[CompressionPolicy, int, int]:
+        """The episode's decisions, repaired down to the budget and filled up to it (when the wall is on), by the
+        analytic cost; with the moves each made."""
+        policy, repaired, filled = self.policy(), 0, 0
+        if self.config.budget_guard:
+            policy, repaired = self.wall.repair(policy, self.limit(), self.sensitivity_loss)
+            if self.config.fill:
+                policy, filled = self.wall.fill(policy, self.limit(), self.sensitivity_loss)
+        return policy, repaired, filled
 
     # --- the end of an episode -----------------------------------------------------------------------
     def policy(self) -> CompressionPolicy:
@@ -379,11 +403,7 @@ class CompressionEnv(gym.Env):
     def _finish_episode(self) -> dict[str, Any]:
         start = time.perf_counter()
         ctx, config = self.ctx, self.config
-        policy, repaired, filled = self.policy(), 0, 0
-        if config.budget_guard:
-            policy, repaired = self.wall.repair(policy, self.limit(), self.sensitivity_loss)
-            if config.fill:
-                policy, filled = self.wall.fill(policy, self.limit(), self.sensitivity_loss)
+        policy, repaired, filled = self._final_policy()
         compressed = self.build_compressed(policy)
         seconds_build = time.perf_counter() - start
         start_latency = time.perf_counter()

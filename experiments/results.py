@@ -9,6 +9,7 @@ import os
 import time
 from typing import Any
 
+from agents.accuracy import rank_agreement
 from compression.export import evaluate_onnx
 from compression.policy import CompressionPolicy
 from envs import ENV_IDS
@@ -127,6 +128,7 @@ def summarize(env: CompressionEnv, best: dict[str, Any], episodes: list[dict[str
         "objective": best["objective"],
         "lowest_cost_ratio": min((e["cost_ratio"] for e in episodes), default=None) if episodes else None,
         "frozen": dict(env.ctx.structure.frozen),  # pruning groups left unpruned (compression.pruning.freeze_unprunable)
+        "accuracy_predictor": rank_agreement(episodes or []),  # a screened search: how well its predictor ranked
     }
 
 
@@ -148,6 +150,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     text = "\n".join(f"{a:<{w0}}  {b_:<{w1}}  {c}" for a, b_, c in rows)
+    predictor = summary.get("accuracy_predictor")
+    if predictor and predictor.get("kendall_tau") is not None:
+        text += (
+            f"\naccuracy predictor (screening): Kendall tau {predictor['kendall_tau']:.2f} between predicted and scored accuracy"
+            f" over the {predictor['episodes']} screened episodes"
+        )
     lowest = summary.get("lowest_cost_ratio")
     if not summary["within_budget"] and lowest is not None:
         text += (

@@ -233,7 +233,9 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool, o
             env.ctx.replay_observations(episode_log.records)  # a resumed run keeps its online calibration
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]
             if len(own) < config.episodes:
-                run_baseline(config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick)
+                run_baseline(
+                    config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick, config.agent.screen
+                )
             safety = config.env.budget_guard and config.agent.algo != "uniform"
             if safety and not any(r.get("source") == "uniform-safety" for r in episode_log.records):
                 play_safety_net(env, episode_log.record)

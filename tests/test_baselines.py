@@ -67,6 +67,34 @@ def test_uniform_and_random_baselines_record_episodes_and_resume(env_config, tmp
     assert [r["actions"] for r in read_episodes(tmp_path / "random")] == [r["actions"] for r in read_episodes(tmp_path / "random-fresh")]
 
 
+def test_random_search_screened_by_the_accuracy_predictor_plays_the_candidate_it_ranks_first(env_config, tmp_path, monkeypatch) -> None:
+    from agents.accuracy import AccuracyPredictor, rank_agreement
+    from agents.baselines import RandomSearch
+
+    monkeypatch.setattr(AccuracyPredictor, "MIN_EPISODES", 2)  # a 5-episode test: screening from the third episode
+    env = JointEnv({**env_config, "objective": "macs", "target_ratio": 0.6})
+    log = EpisodeLog(tmp_path / "screened")
+    assert run_baseline("random", env, log, episodes=5, seed=1, screen=4) == 5
+    records = read_episodes(tmp_path / "screened")
+    assert [r.get("predicted_accuracy") is None for r in records] == [True, True, False, False, False]
+    # the fourth episode: of its 4 candidates, the one the predictor refitted on the first three ranks first
+    token, played = RandomSearch(env, seed=1, history=records[:3], screen=4).ask()
+    assert np.allclose(played, records[3]["actions"]) and token[1] == pytest.approx(records[3]["predicted_accuracy"])
+    candidates = _candidates(env, seed=1, episode=3, screen=4)
+    predicted = AccuracyPredictor.for_env(env).fit(records[:3]).predict([env.planned_policy(a) for a in candidates])
+    assert token[1] == pytest.approx(float(predicted.max())) and np.allclose(played, candidates[int(predicted.argmax())])
+    # planning is what the episode plays: the wall's steps, the repair and the fill, without building anything
+    assert env.planned_policy(played).to_dict() == records[3]["policy"]
+    assert rank_agreement(records)["episodes"] == 3
+    assert RandomSearch(env, seed=1, history=records, screen=4).predictor.samples == 5  # a resumed run refits on every episode
+
+
+def _candidates(env, seed: int, episode: int, screen: int) -> list:
+    from agents.baselines import _random_actions
+
+    return [_random_actions(env, seed, episode, j) for j in range(screen)]
+
+
 def test_tpe_searches_only_the_used_action_dimensions_and_resumes_from_history(env_config, tmp_path) -> None:
     env = JointEnv(env_config)
     mask = env.action_mask()
