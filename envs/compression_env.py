@@ -14,10 +14,10 @@ import numpy as np
 from compression.finetune import recalibrate_batch_norm
 from compression.pipeline import Compressed, build, compress, finetune_and_build
 from compression.plan import layer_specs, planned_structure
-from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
+from compression.policy import FLOAT_BITS, CompressionPolicy, PolicyError, Precision
 from compression.pruning import kept_channels
 from envs import ENV_CLASS_NAMES
-from envs.config import EnvConfig, EnvConfigError
+from envs.config import EnvConfig, EnvConfigError, load_base_policy
 from envs.context import EnvContext, every_core
 from envs.objectives import OBJECTIVES
 from envs.record import EpisodeOutcome
@@ -137,6 +137,13 @@ class CompressionEnv(gym.Env):
             self.ctx.analytic_cost,
         )
         self.precision_leader = self._precision_leaders()
+        try:
+            base = load_base_policy(self.config.base_policy).validate(s)
+        except PolicyError as error:
+            raise EnvConfigError(f"env config: field 'base_policy' does not fit model {self.config.model!r}: {error}") from None
+        # what this kind does not decide, from the base policy (a two-stage search's stage 2 keeps stage 1's pruning)
+        self._base_keep = dict(base.keep) if self.kind == "quantize" else {}
+        self._base_precision = dict(base.precision) if self.kind == "prune" else {}
         self._t = 0
         self._keep: dict[str, float] = {}
         self._precision: dict[str, Precision] = {}
@@ -323,7 +330,7 @@ class CompressionEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._t = 0
-        self._keep, self._precision = {}, {}
+        self._keep, self._precision = dict(self._base_keep), dict(self._base_precision)
         self._previous = np.ones(self.action_space.shape, np.float32)
         self._clamped = 0
         return self._observation(), {"unit": self.units[0], "units": len(self.units)}
@@ -494,7 +501,7 @@ class CompressionEnv(gym.Env):
 
     def decode_policy(self, actions: np.ndarray) -> CompressionPolicy:
         """The policy a (units, k) action matrix asks for, as decoded without the wall."""
-        keep, precision = {}, {}
+        keep, precision = dict(self._base_keep), dict(self._base_precision)
         for unit, row in zip(self.units, np.asarray(actions, np.float32), strict=True):
             option = self._decode(unit, np.clip(row, 0.0, 1.0))
             if option.keep is not None:
@@ -528,17 +535,21 @@ class CompressionEnv(gym.Env):
 
     def most_compressed(self) -> CompressionPolicy:
         """The most compressed policy this env can play (every unit at its first option)."""
-        return self.wall.rest_at(CompressionPolicy(), 0, 0)
+        return self.wall.rest_at(self.base_policy(), 0, 0)
+
+    def base_policy(self) -> CompressionPolicy:
+        """The decisions this env does not make (``base_policy``): where every episode starts from."""
+        return CompressionPolicy(dict(self._base_keep), dict(self._base_precision))
 
     def corner_policies(self) -> dict[str, CompressionPolicy]:
         """The uniform extremes (smallest or largest keep x each precision), but the uncompressed one."""
         names = {}
         for c in range(self.wall.corners):
-            policy = self.wall.rest_at(CompressionPolicy(), 0, c)
+            policy = self.wall.rest_at(self.base_policy(), 0, c)
             if any(k < 1.0 for k in policy.keep.values()) or any(p.quantized for p in policy.precision.values()):
-                option = self.wall.corner(self.units[0], c)
                 keep = "min keep" if c % 2 == 0 and self.kind != "quantize" else "full width"
-                bits = "float" if option.precision is None or not option.precision.quantized else f"{option.precision.weight_bits}-bit"
+                first = policy.precision_of(self.ctx.structure.layer_names[0])  # the corner's (or the base's) precision
+                bits = f"{first.weight_bits}-bit" if first.quantized else "float"
                 names[f"{keep}, {bits}"] = policy
         return names
 

@@ -25,6 +25,10 @@ def make_env(config: SearchConfig) -> CompressionEnv:
     from experiments import cluster
 
     cluster.connect_for(config.env.target)
+    if config.env.kind == "two-stage":  # a search of two envs: its first (experiments.stages)
+        from experiments.stages import stage_one_env
+
+        return stage_one_env(config)
     return ENV_BY_KIND[config.env.kind](config.env)
 
 

@@ -243,6 +243,21 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool, o
         episode_log.close()
 
 
+def run_method(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_iteration: Any = None, on_episode: Any = None) -> None:
+    """The search's method on ``env``: an RL agent or a baseline; a two-stage search plays its two stages
+    (``experiments.stages``), each with the method. ``on_iteration`` / ``on_episode``: a study's reports to Tune."""
+    if config.env.kind == "two-stage":
+        from experiments.stages import run_two_stage
+
+        run_two_stage(
+            config, run, progress, lambda sub, sub_run, sub_env: run_method(sub, sub_run, sub_env, progress, on_iteration, on_episode)
+        )
+    elif config.agent.is_rl:
+        run_rl(config, run, env, progress, on_iteration=on_iteration)
+    else:
+        run_baselines(config, run, env, progress, on_episode=on_episode)
+
+
 # --- the entry point ---------------------------------------------------------------------------------
 def main(config: SearchConfig, resume: bool = False, progress: bool = True, report: bool = True, summary: bool = True) -> dict[str, Any]:
     """Run (or resume) a search; returns the summary (baseline vs best policy; empty with ``summary=False``)."""
@@ -263,10 +278,7 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
         owns_ray = cluster.connect() or owns_ray
         run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)
         with _sigterm_interrupts():
-            if config.agent.is_rl:
-                run_rl(config, run, env, progress)
-            else:
-                run_baselines(config, run, env, progress)
+            run_method(config, run, env, progress)
         run.set_state(status="finished")
         if not summary:
             return {}

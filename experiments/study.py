@@ -209,7 +209,7 @@ def trial(params: dict[str, Any]) -> None:
 
     from experiments.results import make_env
     from experiments.rundir import RunDir
-    from experiments.search import check_budget, run_baselines, run_rl
+    from experiments.search import check_budget, run_method
 
     torch.set_num_threads(1)
     config = SearchConfig.from_dict(params["cell"]["config"])
@@ -223,10 +223,14 @@ def trial(params: dict[str, Any]) -> None:
     def report(summary: dict[str, Any]) -> None:
         tune.report({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
 
-    if config.agent.is_rl:
-        run_rl(config, run, env, progress=False, on_iteration=lambda iteration, summary, checkpoint: report(summary))
-    else:
-        run_baselines(config, run, env, progress=False, on_episode=lambda done, summary: report(summary))
+    run_method(
+        config,
+        run,
+        env,
+        progress=False,
+        on_iteration=lambda iteration, summary, checkpoint: report(summary),
+        on_episode=lambda done, summary: report(summary),
+    )
     run.set_state(status="finished")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -163,3 +165,37 @@ def test_the_safety_net_times_afresh_a_cached_reading_over_budget_before_it_deci
         info = play(env, nets[0])
     assert len(confirmed) == 1 and info["latency_ratio"] < 0.99 and not info["latency_cached"]
     assert info["within_budget"]
+
+
+def test_a_two_stage_search_prunes_at_8_bits_then_chooses_precisions_of_the_best_pruned_model(trained_resnet20, tmp_path) -> None:
+    from experiments.config import SearchConfig
+    from experiments.search import main
+
+    config = SearchConfig.from_dict(
+        {
+            "name": "two",
+            "run_dir": str(tmp_path / "two"),
+            "episodes": 4,
+            "workload": {"model": "resnet20", "checkpoint": str(trained_resnet20.path)},
+            "env": {"kind": "two-stage", "objective": "macs", "target_ratio": 0.5, "val_size": 200, "bn_batches": 4}
+            | {"sensitivity_images": 64, "calibration_images": 64},
+            "agent": {"algo": "random"},
+        }
+    )
+    main(config, summary=False)
+    stage1, stage2 = read_episodes(tmp_path / "two" / "stage-1-prune"), read_episodes(tmp_path / "two" / "stage-2-quantize")
+    searched = [[r for r in records if r["source"] == "random"] for records in (stage1, stage2)]
+    assert [len(s) for s in searched] == [2, 2]  # the joint search's episode count, split in two
+    for r in stage1:  # stage 1 prunes the network every layer of which runs at 8 bits
+        assert {p["weight_bits"] for p in r["policy"]["precision"].values()} == {8} and r["within_budget"]
+    assert any(k < 1.0 for r in searched[0] for k in r["policy"]["keep"].values())
+    best1 = json.loads((tmp_path / "two" / "stage-1-prune" / "best_policy.json").read_text())
+    for r in stage2:  # stage 2 keeps stage 1's best pruning and chooses each layer's precision, within the budget
+        assert r["policy"]["keep"] == best1["policy"]["keep"] and r["within_budget"]
+    combined = read_episodes(tmp_path / "two")
+    assert [r["episode"] for r in combined] == list(range(len(stage1) + len(stage2)))
+    assert [r["stage"] for r in combined] == [1] * len(stage1) + [2] * len(stage2)
+    best = json.loads((tmp_path / "two" / "best_policy.json").read_text())
+    assert best["accuracy"] == max(r["accuracy"] for r in combined if r["within_budget"])
+    main(config, resume=True, summary=False)  # both stages finished: nothing is played again
+    assert len(read_episodes(tmp_path / "two")) == len(combined)
