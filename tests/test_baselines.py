@@ -14,7 +14,7 @@ from envs import JointEnv, PruneEnv
 
 @pytest.fixture(scope="module")
 def env_config(trained_resnet20) -> dict:
-    return {"checkpoint": str(trained_resnet20.path), "val_size": 200, "sensitivity_images": 64, "calibration_images": 64}
+    return {"checkpoint": str(trained_resnet20.path), "val_size": 200, "sensitivity_images": 64, "calibration_images": 64, "bn_batches": 4}
 
 
 def test_uniform_grid_sweeps_one_ratio_and_precision_everywhere(env_config) -> None:
@@ -50,9 +50,9 @@ def test_safety_net_plays_the_widest_uniform_policy_per_precision_within_the_lim
 
 
 def test_uniform_and_random_baselines_record_episodes_and_resume(env_config, tmp_path) -> None:
-    env = JointEnv(env_config)
+    env = JointEnv({**env_config, "objective": "macs", "target_ratio": 0.5})  # MACs: the baselines' mechanics, no timings
     log = EpisodeLog(tmp_path / "uniform")
-    # 4 episodes: keep ratios {0, 1} x (int8, fp32); stop after the first two (int8 at keep 0, then keep 1)
+    # keep ratios {0, 1} x each precision; stop after the first two (the lowest precision at keep 0, then keep 1)
     assert run_baseline("uniform", env, log, episodes=2, seed=0, uniform_steps=2) == 2
     records = read_episodes(tmp_path / "uniform")
     assert [r["source"] for r in records] == ["uniform", "uniform"]
@@ -98,7 +98,7 @@ def _candidates(env, seed: int, episode: int, screen: int) -> list:
 
 
 def test_tpe_searches_only_the_used_action_dimensions_and_resumes_from_history(env_config, tmp_path) -> None:
-    env = JointEnv(env_config)
+    env = JointEnv({**env_config, "objective": "macs", "target_ratio": 0.5})  # the method's mechanics: no timings
     mask = env.action_mask()
     assert mask[:, 1:].all()  # precision is decided at every layer
     assert mask[:, 0].sum() == len(env.ctx.structure.groups)  # a keep ratio only at each group's first layer
@@ -113,7 +113,7 @@ def test_tpe_searches_only_the_used_action_dimensions_and_resumes_from_history(e
 
 
 def test_gp_bo_searches_one_keep_and_one_precision_per_stage(env_config, tmp_path) -> None:
-    env = JointEnv(env_config)
+    env = JointEnv({**env_config, "objective": "macs", "target_ratio": 0.5})  # the method's mechanics: no timings
     groups = stage_groups(env)
     # ResNet-20: the stem, three stages of layers.<stage>.*, the classifier
     assert [env.units[g[0]] for g in groups][:2] == ["conv1", "layers.0.0.conv1"] and len(groups) == 5
@@ -131,7 +131,7 @@ def test_gp_bo_searches_one_keep_and_one_precision_per_stage(env_config, tmp_pat
 
 
 def test_nsga2_optimises_accuracy_and_cost_under_the_budget_constraint(env_config, tmp_path) -> None:
-    env = JointEnv(env_config)
+    env = JointEnv({**env_config, "objective": "macs", "target_ratio": 0.5})  # the method's mechanics: no timings
     log = EpisodeLog(tmp_path / "nsga2")
     assert run_baseline("nsga2", env, log, episodes=3, seed=0) == 3
     records = read_episodes(tmp_path / "nsga2")
