@@ -124,6 +124,13 @@ class CompressionEnv(gym.Env):
             self.units = list(s.layer_names)
         self.layer_index = {name: i for i, name in enumerate(s.layer_names)}
         self.group_heads = {g.name: g for g in s.groups}
+        # block_drop: the groups whose keep ratio 0 drops their residual block (compression.blocks)
+        self.droppable = {b.group for b in s.blocks} if self.config.block_drop and self.kind != "quantize" else set()
+        if self.config.block_drop and self.kind != "quantize" and not self.droppable:
+            raise EnvConfigError(
+                f"env config: field 'block_drop' is true, but model {self.config.model!r} has no residual block with an identity "
+                "shortcut (a module with a skip() method; workloads/models): allowed: false"
+            )
         k = ACTION_DIMS[self.kind]
         self.action_space = gym.spaces.Box(0.0, 1.0, (k,), np.float32)
         obs_dim = 1 + STATIC_FEATURES + len(KEEP_RATIOS) + (len(self.ctx.weight_options) - 1) + 1 + 1 + BUDGET_FEATURES + k
@@ -190,7 +197,11 @@ class CompressionEnv(gym.Env):
         """The distinct keep ratios of a group, smallest first (whole multiples of round_to channels, >= min_keep)."""
         channels = self.group_heads[unit].channels
         counts = {kept_channels(channels, r, self.config.round_to) for r in np.linspace(self.config.min_keep, 1.0, channels + 1)}
-        return [c / channels for c in sorted(counts)]
+        return ([0.0] if unit in self.droppable else []) + [c / channels for c in sorted(counts)]  # 0: drop the block
+
+    def _drop_band(self, unit: str) -> float:
+        """Keep actions below this drop the unit's block (one option's share of [0, 1]); 0 where it cannot drop."""
+        return 1.0 / len(self._keep_ratios(unit)) if unit in self.droppable else 0.0
 
     def _options(self, unit: str) -> list[Option]:
         keeps: list[float | None] = self._keep_ratios(unit) if self._keeps_here(unit) else [None]
@@ -200,9 +211,12 @@ class CompressionEnv(gym.Env):
     def _decode(self, unit: str, action: np.ndarray) -> Option:
         keep = precision = None
         if self._keeps_here(unit):
-            channels = self.group_heads[unit].channels
-            ratio = self.config.min_keep + float(action[0]) * (1.0 - self.config.min_keep)
-            keep = kept_channels(channels, ratio, self.config.round_to) / channels
+            channels, band = self.group_heads[unit].channels, self._drop_band(unit)
+            if float(action[0]) < band:
+                keep = 0.0
+            else:
+                ratio = self.config.min_keep + (float(action[0]) - band) / (1.0 - band) * (1.0 - self.config.min_keep)
+                keep = kept_channels(channels, ratio, self.config.round_to) / channels
         if self._quantizes_here():
             n = len(self.precisions)
             precision = self.precisions[min(int(float(action[-1]) * n), n - 1)]
@@ -212,7 +226,11 @@ class CompressionEnv(gym.Env):
         """The action that selects ``option`` (the dimensions a unit does not use keep the requested value)."""
         action = requested.copy()
         if option.keep is not None:
-            action[0] = np.clip((option.keep - self.config.min_keep) / (1.0 - self.config.min_keep), 0.0, 1.0)
+            band = self._drop_band(self.units[self._t]) if self._t < len(self.units) else 0.0
+            if option.keep == 0.0:
+                action[0] = band / 2
+            else:
+                action[0] = band + (1.0 - band) * np.clip((option.keep - self.config.min_keep) / (1.0 - self.config.min_keep), 0.0, 1.0)
         if option.precision is not None:
             action[-1] = (self.precisions.index(option.precision) + 0.5) / len(self.precisions)
         return action
@@ -286,7 +304,9 @@ class CompressionEnv(gym.Env):
     def sensitivity_loss(self, unit: str, option: Option) -> float:
         """What a unit's option costs in accuracy, by the sensitivity tables (KL; for the repair pass's order)."""
         loss = 0.0
-        if option.keep is not None:
+        if option.keep == 0.0:  # the block dropped
+            loss += self.ctx.drop_sensitivity.get(unit, 0.0)
+        elif option.keep is not None:
             curve = self.ctx.sensitivity["prune"].get(unit, [0.0] * len(KEEP_RATIOS))
             loss += float(np.interp(option.keep, KEEP_RATIOS[::-1], curve[::-1]))
         if option.precision is not None and option.precision.weight_bits < FLOAT_BITS:

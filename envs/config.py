@@ -93,6 +93,9 @@ class EnvConfig:
     # precisions): a JSON file holding a policy or an episode record (a run's best_policy.json), or the policy's JSON
     # text. The two-stage search passes stage 1's best policy to stage 2 this way.
     base_policy: str | None = None
+    # N2N-style block removal: residual blocks with an identity shortcut may be dropped whole (keep ratio 0 for the
+    # group inside each; compression.blocks), so the artifact loses their operators too (prune and joint envs)
+    block_drop: bool = False
 
     @property
     def measured_objective(self) -> bool:
@@ -130,6 +133,8 @@ class EnvConfig:
                 raise EnvConfigError("env config", name, getattr(self, name), allowed)
         if self.weights is not None and self.checkpoint is not None:
             raise EnvConfigError("env config", "weights", self.weights, "a state-dict file, or the checkpoint field, not both")
+        if not isinstance(self.block_drop, bool):
+            raise EnvConfigError("env config", "block_drop", self.block_drop, "true or false")
         if self.base_policy is not None:
             load_base_policy(self.base_policy)  # raises naming the field
         for name in ("weights", "checkpoint"):

@@ -342,6 +342,22 @@ class EnvContext:
         )
 
     @cached_property
+    def drop_sensitivity(self) -> dict[str, float]:
+        """Per droppable residual block's group: the KL of the model's outputs with only that block dropped (its
+        shortcut in its place), on the sensitivity images; computed when an env first drops blocks (``block_drop``)."""
+        from compression.blocks import drop_blocks
+        from envs.sensitivity import _kl
+
+        images = self.data.calibration(self.config.sensitivity_images, seed=self.config.seed + 7)
+        with torch.no_grad():
+            p_log = torch.log_softmax(self.model.eval()(images), dim=1)
+            out = {}
+            for block in self.structure.blocks:
+                model, _, _ = drop_blocks(self.model, self.structure, CompressionPolicy(keep={block.group: 0.0}))
+                out[block.group] = _kl(p_log, model.eval()(images))
+        return out
+
+    @cached_property
     def layer_features(self) -> np.ndarray:
         """Static per-layer features, standardised with statistics fixed at build time (one row per layer)."""
         s = self.structure

@@ -9,7 +9,8 @@ and the benchmark's section of ``bench/README.md``.
 
 ``--results methods`` (``make bench-methods``) writes the comparison of every search method of issue 24 instead
 (``bench/results/methods.json``, the README's methods section): the presets of ``PRESETS`` (SAC, PPO, random, TPE,
-GP-BO, NSGA-II, the two-stage search, random search screened by the accuracy predictor, the best uniform policy), with
+GP-BO, NSGA-II, the two-stage search, random search screened by the accuracy predictor, SAC with block removal, the
+best uniform policy), with
 the episodes and wall time each needed to reach 95% of its final best. Runs both benchmarks share are run once.
 
 Each method plays the same number of episodes; SAC's best counts only the episodes its agent
@@ -54,6 +55,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "nsga2": {},
     "two-stage": {"agent.algo": "sac", "env.kind": "two-stage"},  # DRL two-stage: prune at 8 bits, then precisions (SAC)
     "random-apq": {"agent.algo": "random", "agent.screen": 8},  # random search screened by the accuracy predictor
+    "sac-drop": {"agent.algo": "sac", "env.block_drop": True},  # SAC joint with N2N-style block removal
 }
 SLOW_WAITS = 18  # final re-measure: at most 3 minutes waiting for the machine to leave its slow state
 WALL_MODES = ("paced", "relative", "clamp")
