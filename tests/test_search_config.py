@@ -29,7 +29,7 @@ def test_demo_config_is_valid_and_matches_the_issue() -> None:
             {"env": {"reward": "best"}},
             "search config: field 'env.reward' is 'best'; allowed: accuracy, galen, constrained-soft, constrained-hard, amc",
         ),
-        ({"env": {"kind": "distill"}}, "search config: field 'env.kind' is 'distill'; allowed: prune, quantize, joint"),
+        ({"env": {"kind": "distill"}}, "search config: field 'env.kind' is 'distill'; allowed: prune, quantize, joint, two-stage"),
         ({"env": {"target_ratio": 1.5}}, r"search config: field 'env.target_ratio' is 1.5; allowed: a number in \(0, 1\]"),
         ({"workload": {"base_epochs": 0}}, "search config: field 'workload.base_epochs' is 0; allowed: an integer >= 1"),
         ({"episodes": 0}, "search config: field 'episodes' is 0; allowed: an integer >= 1"),
