@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs bench-galen bench-search bench-targets bench-study
+.PHONY: setup dataset demo test lint bench-workloads bench-compression bench-hardware bench-envs bench-galen bench-search bench-methods bench-targets bench-study
 
 setup: $(STAMP) dataset
 
@@ -55,6 +55,12 @@ bench-galen: setup
 bench-search: setup
 	$(BIN)/python -m bench.search
 	$(BIN)/python -m bench.search.fidelity
+
+# Every search method on ResNet-56 at the search benchmark's two budgets, 3 seeds, 80 episodes (issue 24; many hours,
+# resumable; runs shared with bench-search are not run again); then the accuracy predictor replayed over the archives
+bench-methods: setup
+	$(BIN)/python -m bench.search --plan "resnet56:0.4,0.33" --methods sac,ppo,random,tpe,gp-bo,nsga2,two-stage,random-apq,sac-drop,uniform --seeds 3 --episodes 80 --results methods
+	$(BIN)/python -m bench.search.predictor
 
 # Is a policy specific to its target (issue 23): one search per target, every best policy re-measured on every target
 bench-targets: setup

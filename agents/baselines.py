@@ -29,7 +29,6 @@ final ``info`` is recorded with the actions that produced it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -113,15 +112,98 @@ def play_safety_net(env: Any, record: Any) -> int:
     return played
 
 
-def _random_actions(env: Any, seed: int, episode: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, episode])
+def _random_actions(env: Any, seed: int, episode: int, candidate: int | None = None) -> np.ndarray:
+    rng = np.random.default_rng([seed, episode] if candidate is None else [seed, episode, candidate])
     return rng.uniform(0.0, 1.0, (len(env.units), env.action_space.shape[0])).astype(np.float32)
 
 
-class TPESearch:
+class Searcher:
+    """A baseline as ask/tell: ``ask()`` gives the next episode's (token, action matrix), or None when the method has
+    nothing left to play; ``tell(token, info)`` hands back the episode's final info. A resumed run passes the run's
+    recorded episodes as ``history``: each method continues where it stopped."""
+
+    guarded = True  # played through the env's action wall (uniform: as a person would set it, without)
+
+    def __init__(self, env: Any, seed: int = 0, history: list[dict[str, Any]] | tuple = (), episodes: int = 0, uniform_steps: int = 0):
+        self.env, self.seed, self.episodes, self.done = env, seed, episodes, len(history)
+
+    def ask(self) -> tuple[Any, np.ndarray] | None:
+        raise NotImplementedError
+
+    def tell(self, token: Any, info: dict[str, Any]) -> None:
+        pass
+
+    def annotate(self, token: Any) -> dict[str, Any]:
+        """What the episode's record keeps besides its actions (e.g. the accuracy a screening predicted)."""
+        return {}
+
+
+class UniformGrid(Searcher):
+    """Each distinct policy of :func:`uniform_grid` once, in order."""
+
+    guarded = False
+
+    def __init__(self, env: Any, seed: int = 0, history: list[dict[str, Any]] | tuple = (), episodes: int = 0, uniform_steps: int = 0):
+        super().__init__(env, seed, history, episodes)
+        self.grid = uniform_grid(env, episodes, uniform_steps)
+
+    def ask(self) -> tuple[Any, np.ndarray] | None:
+        if self.done >= len(self.grid):
+            return None
+        self.done += 1
+        return self.done - 1, self.grid[self.done - 1]
+
+
+class RandomSearch(Searcher):
+    """Uniform random actions; episode i draws from the generator seeded (seed, i).
+
+    With ``screen`` > 1 (``agent.screen``), APQ-style: once the run has :attr:`AccuracyPredictor.MIN_EPISODES` episodes,
+    each episode draws ``screen`` candidates (generators seeded (seed, i, j)), plans each through the wall
+    (``env.planned_policy``: no build, no timing), and plays the one the accuracy predictor, refitted on every episode
+    so far, ranks first; the record keeps its ``predicted_accuracy``.
+    """
+
+    def __init__(
+        self,
+        env: Any,
+        seed: int = 0,
+        history: list[dict[str, Any]] | tuple = (),
+        episodes: int = 0,
+        uniform_steps: int = 0,
+        screen: int = 0,
+    ):
+        super().__init__(env, seed, history, episodes)
+        self.screen = screen
+        if screen > 1:
+            from agents.accuracy import AccuracyPredictor
+
+            self.records = [r for r in history if r.get("source") != "uniform-safety"]
+            self.predictor = AccuracyPredictor.for_env(env).fit(self.records)
+
+    def ask(self) -> tuple[Any, np.ndarray] | None:
+        i = self.done
+        self.done += 1
+        if self.screen <= 1 or not self.predictor.ready:
+            return (i, None), _random_actions(self.env, self.seed, i)
+        candidates = [_random_actions(self.env, self.seed, i, j) for j in range(self.screen)]
+        predicted = self.predictor.predict([self.env.planned_policy(a) for a in candidates])
+        best = int(np.argmax(predicted))
+        return (i, float(predicted[best])), candidates[best]
+
+    def annotate(self, token: Any) -> dict[str, Any]:
+        return {} if token[1] is None else {"predicted_accuracy": token[1]}
+
+    def tell(self, token: Any, info: dict[str, Any]) -> None:
+        if self.screen > 1:
+            self.records.append(info)
+            self.predictor.fit(self.records)
+
+
+class TPESearch(Searcher):
     """Optuna's TPE through Ray Tune's searcher interface, over the env's used action dimensions."""
 
-    def __init__(self, env: Any, seed: int, history: list[dict[str, Any]]) -> None:
+    def __init__(self, env: Any, seed: int = 0, history: list[dict[str, Any]] | tuple = (), episodes: int = 0, uniform_steps: int = 0):
+        super().__init__(env, seed, history, episodes)
         import optuna
         from ray import tune
         from ray.tune.search.optuna import OptunaSearch
@@ -172,14 +254,17 @@ def stage_groups(env: Any) -> list[list[int]]:
     return [list(range(bounds[j], bounds[j + 1])) for j in range(4) if bounds[j] < bounds[j + 1]]
 
 
-class OptunaAskTell:
+class OptunaAskTell(Searcher):
     """Optuna's NSGA-II or GP sampler over the env's used action dimensions (``gp-bo``: one per stage), ask/tell."""
 
-    def __init__(self, method: str, env: Any, seed: int, episodes: int, history: list[dict[str, Any]]) -> None:
+    method = ""
+
+    def __init__(self, env: Any, seed: int = 0, history: list[dict[str, Any]] | tuple = (), episodes: int = 0, uniform_steps: int = 0):
         import optuna
 
+        super().__init__(env, seed, history, episodes)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.method, self.target = method, env.config.target_ratio
+        method, self.target = self.method, env.config.target_ratio
         self.mask = env.action_mask()
         k = self.mask.shape[1]
         # each parameter: its name and the (unit, dim) cells of the action matrix it sets
@@ -233,39 +318,38 @@ class OptunaAskTell:
         self.study.tell(trial, self._values(info))
 
 
-def baseline_actions(method: str, env: Any, episodes: int, seed: int, done: int, uniform_steps: int = 0) -> Iterator[np.ndarray]:
-    """Action matrices for episodes ``done``, ``done + 1``, ... of a ``method`` run of ``episodes`` episodes."""
-    if method == "uniform":
-        yield from uniform_grid(env, episodes, uniform_steps)[done:episodes]
-    elif method == "random":
-        for i in range(done, episodes):
-            yield _random_actions(env, seed, i)
-    else:
-        raise ValueError(f"agent config: field 'algo' is {method!r}; baselines: uniform, random, tpe, nsga2, gp-bo")
+class NSGA2Search(OptunaAskTell):
+    method = "nsga2"
 
 
-def run_baseline(method: str, env: Any, log_: EpisodeLog, episodes: int, seed: int, uniform_steps: int = 0, on_episode: Any = None) -> int:
-    """Play the baseline's remaining episodes (``episodes`` in all, counting those already in ``log_``); returns how many ran."""
-    done = log_.count()
+class GPBOSearch(OptunaAskTell):
+    method = "gp-bo"
+
+
+def run_baseline(
+    method: str, env: Any, log_: EpisodeLog, episodes: int, seed: int, uniform_steps: int = 0, on_episode: Any = None, screen: int = 0
+) -> int:
+    """Play the baseline's remaining episodes (``episodes`` in all, counting those already in ``log_``); returns how many ran.
+    ``screen``: candidates per episode screened by the accuracy predictor (methods that support it: random)."""
+    from agents.config import METHODS
+
+    if method not in METHODS or METHODS[method].rl:
+        raise ValueError(f"agent config: field 'algo' is {method!r}; baselines: {', '.join(m for m in METHODS if not METHODS[m].rl)}")
+    options = {"screen": screen} if screen else {}
+    search = METHODS[method].load()(env, seed=seed, history=log_.records, episodes=episodes, uniform_steps=uniform_steps, **options)
     ran = 0
-    if method in ("tpe", "nsga2", "gp-bo"):  # ask/tell searchers
-        search = TPESearch(env, seed, log_.records) if method == "tpe" else OptunaAskTell(method, env, seed, episodes, log_.records)
-        for _ in range(done, episodes):
-            trial, actions = search.ask()
+    for _ in range(log_.count(), episodes):
+        proposal = search.ask()
+        if proposal is None:
+            break
+        token, actions = proposal
+        if search.guarded:
             info = play(env, actions, seed)
-            record = log_.record(info, method, {"actions": actions.tolist()})
-            search.tell(trial, info)
-            ran += 1
-            if on_episode:
-                on_episode(record)
-        return ran
-    for actions in baseline_actions(method, env, episodes, seed, done, uniform_steps):
-        if method == "uniform":
+        else:
             with env.unguarded():
                 info = play(env, actions, seed)
-        else:
-            info = play(env, actions, seed)
-        record = log_.record(info, method, {"actions": actions.tolist()})
+        record = log_.record(info, method, {"actions": actions.tolist(), **search.annotate(token)})
+        search.tell(token, info)
         ran += 1
         if on_episode:
             on_episode(record)

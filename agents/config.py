@@ -1,4 +1,4 @@
-"""The one typed configuration of a search agent: RL (SAC, PPO) or a baseline (uniform, random, TPE).
+"""The registry of search methods (:data:`METHODS`: RL algorithms and baselines) and the one typed configuration of a search agent.
 
 Every field documents itself and, where a sweep may tune it, carries its Tune search-space entry
 (``metadata["space"]``), so ``galen sweep`` builds its default space from this class, not beside it.
@@ -12,9 +12,58 @@ from typing import Any
 
 from envs.config import ConfigError
 
-RL_ALGOS = ("sac", "ppo")
-BASELINES = ("uniform", "random", "tpe", "nsga2", "gp-bo")
-ALGOS = RL_ALGOS + BASELINES
+
+@dataclass(frozen=True)
+class Method:
+    """One search method of ``agent.algo``: adding a method is one entry in :data:`METHODS` plus its implementation.
+
+    ``entry`` (``module:attribute``, imported when the method runs) is, for an RL algorithm, a function
+    ``(agent, units, seed, episodes) -> AlgorithmConfig`` (RLlib's algorithm config before the env and the runners are
+    set); for a baseline, a class ``(env, seed, episodes, history, agent)`` with ``ask() -> (token, actions) | None``
+    and ``tell(token, info)`` (:mod:`agents.baselines`).
+    """
+
+    name: str
+    rl: bool
+    entry: str
+    summary: str
+    tuned: tuple[str, ...] = ()  # the fields a sweep tunes by default (their spaces are the fields' metadata)
+
+    def load(self) -> Any:
+        import importlib
+
+        module, attribute = self.entry.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "sac",
+            True,
+            "agents.rllib:sac_config",
+            "SAC (RLlib, new API stack) with Galen's broadcast reward and decaying exploration",
+            ("lr", "critic_lr", "tau", "initial_alpha", "train_batch_size", "updates_per_episode"),
+        ),
+        Method(
+            "ppo",
+            True,
+            "agents.rllib:ppo_config",
+            "PPO (RLlib, new API stack)",
+            ("lr", "entropy_coeff", "episodes_per_iteration", "ppo_epochs"),
+        ),
+        Method("uniform", False, "agents.baselines:UniformGrid", "one keep ratio and one precision everywhere, swept over a grid"),
+        Method("random", False, "agents.baselines:RandomSearch", "every action uniformly random"),
+        Method("tpe", False, "agents.baselines:TPESearch", "Optuna's TPE through Ray Tune's searcher"),
+        Method("nsga2", False, "agents.baselines:NSGA2Search", "Optuna's NSGA-II: accuracy up, cost down, the budget a constraint"),
+        Method("gp-bo", False, "agents.baselines:GPBOSearch", "Optuna's Gaussian-process BO over one keep and one precision per stage"),
+    )
+}
+RL_ALGOS = tuple(name for name, m in METHODS.items() if m.rl)
+BASELINES = tuple(name for name, m in METHODS.items() if not m.rl)
+ALGOS = tuple(METHODS)
+SCREENED = ("random",)  # the methods agent.screen applies to
 
 
 def _f(default: Any, doc: str, space: tuple | None = None) -> Any:
@@ -25,7 +74,7 @@ def _f(default: Any, doc: str, space: tuple | None = None) -> Any:
 class AgentConfig:
     """How the policy is searched. SAC is the maintained continuous-action successor of Galen's DDPG."""
 
-    algo: str = _f("sac", "sac | ppo (RLlib, new API stack) or a baseline: uniform | random | tpe")
+    algo: str = _f("sac", "sac | ppo (RLlib, new API stack) or a baseline: " + " | ".join(BASELINES))
     lr: float = _f(3e-4, "actor learning rate (PPO: the learning rate)", ("loguniform", 1e-4, 3e-3))
     critic_lr: float = _f(3e-4, "SAC critic learning rate", ("loguniform", 1e-4, 3e-3))
     alpha_lr: float = _f(0.0, "SAC entropy-temperature learning rate (0: the temperature stays at initial_alpha)")
@@ -78,6 +127,11 @@ class AgentConfig:
     entropy_coeff: float = _f(0.01, "PPO: entropy bonus (keeps exploration from collapsing early)", ("loguniform", 1e-3, 5e-2))
     env_runners: int = _f(1, "RLlib env runners (each holds one env: the model and its data)")
     uniform_steps: int = _f(0, "uniform: keep ratios swept per precision (0: fit the episode budget)")
+    screen: int = _f(
+        0,
+        "random: candidates per episode screened by the online accuracy predictor (agents.accuracy, APQ-style); only the one"
+        " predicted most accurate is played (0 or 1: off)",
+    )
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -100,6 +154,7 @@ class AgentConfig:
             "ppo_epochs": 1,
             "env_runners": 0,
             "uniform_steps": 0,
+            "screen": 0,
             "warmup_updates": 0,
         }
         for name, low in at_least.items():
@@ -108,6 +163,10 @@ class AgentConfig:
                 raise ConfigError("agent config", name, value, f"an integer >= {low}")
         if self.warmup_episodes is not None and (not isinstance(self.warmup_episodes, int) or self.warmup_episodes < 0):
             raise ConfigError("agent config", "warmup_episodes", self.warmup_episodes, "an integer >= 0 or null")
+        if self.screen > 1 and self.algo not in SCREENED:
+            raise ConfigError(
+                "agent config", "screen", self.screen, f"0 or 1 (off) with algo {self.algo}; screening works with: {', '.join(SCREENED)}"
+            )
         if self.reward_baseline not in ("buffer", "moving"):
             raise ConfigError("agent config", "reward_baseline", self.reward_baseline, "buffer, moving")
         if not isinstance(self.elite_episodes, int) or self.elite_episodes < 0:
@@ -153,10 +212,7 @@ class AgentConfig:
 
 def search_space_defaults(algo: str) -> dict[str, tuple]:
     """The fields a sweep tunes for ``algo`` by default, with their space (from the field metadata)."""
-    relevant = {
-        "sac": ("lr", "critic_lr", "tau", "initial_alpha", "train_batch_size", "updates_per_episode"),
-        "ppo": ("lr", "entropy_coeff", "episodes_per_iteration", "ppo_epochs"),
-    }.get(algo, ())
+    relevant = METHODS[algo].tuned if algo in METHODS else ()
     spaces = tunable_spaces()
     return {name: spaces[name] for name in relevant}
 

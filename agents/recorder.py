@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from envs.jsonio import dumps, read_jsonl, write_atomic
 from envs.record import EpisodeOutcome, EpisodeRecord
 
 log = logging.getLogger(__name__)
@@ -28,26 +29,6 @@ EPISODES = "episodes.jsonl"
 PARETO = "pareto.json"
 BEST = "best_policy.json"
 RECORD_FIELDS = EpisodeOutcome.field_names()  # what a record keeps of the env's info (envs.record)
-
-
-def to_json(value: Any) -> Any:
-    """``json.dumps`` default: numpy scalars and arrays as plain numbers and lists."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def dumps(value: Any, **kwargs: Any) -> str:
-    return json.dumps(value, default=to_json, **kwargs)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -88,16 +69,7 @@ def better(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
 
 def read_episodes(run_dir: str | Path) -> list[dict[str, Any]]:
     """The complete lines of a run's ``episodes.jsonl`` (a torn last line is skipped)."""
-    path = Path(run_dir) / EPISODES
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # only the last line can be torn (one write per line, fsync'd in order)
-    return records
+    return read_jsonl(Path(run_dir) / EPISODES)
 
 
 class EpisodeLog:

@@ -38,7 +38,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from agents.callbacks import EpisodeCallback
-from agents.config import AgentConfig
+from agents.config import METHODS, RL_ALGOS, AgentConfig
 
 SCHEDULE_KEY = "galen_schedule"
 # The squashed Gaussian clips log-std at -20 (RLlib's log_std_clip_param); exp(-20) is a point for any use.
@@ -214,12 +214,9 @@ def build_algo_config(
     ``recorder`` names the run's recorder actor (see :mod:`agents.recorder`) that every finished
     episode is sent to.
     """
-    if agent.algo == "sac":
-        config = _sac(agent, units, seed, episodes)
-    elif agent.algo == "ppo":
-        config = _ppo(agent, units)
-    else:
-        raise ValueError(f"agent config: field 'algo' is {agent.algo!r}; RLlib runs only: sac, ppo")
+    if agent.algo not in RL_ALGOS:
+        raise ValueError(f"agent config: field 'algo' is {agent.algo!r}; RLlib runs only: {', '.join(RL_ALGOS)}")
+    config = METHODS[agent.algo].load()(agent, units, seed, episodes)
     config = (
         config.environment(env=env_class, env_config=env_config)
         .framework("torch")
@@ -246,7 +243,8 @@ def build_algo_config(
     return config
 
 
-def _sac(agent: AgentConfig, units: int, seed: int, episodes: int) -> AlgorithmConfig:
+def sac_config(agent: AgentConfig, units: int, seed: int, episodes: int) -> AlgorithmConfig:
+    """SAC with Galen's broadcast reward, the warm-up burst and decaying truncated-normal exploration (GalenSACModule)."""
     batch = agent.train_batch_size
     # RLlib's round-robin weights (dqn.calculate_rr_weights): updates per sample call =
     # training_intensity / (batch / (fragment x (env_runners + 1))); choose it to give updates_per_episode.
@@ -288,7 +286,8 @@ def _sac(agent: AgentConfig, units: int, seed: int, episodes: int) -> AlgorithmC
     return config
 
 
-def _ppo(agent: AgentConfig, units: int) -> AlgorithmConfig:
+def ppo_config(agent: AgentConfig, units: int, seed: int, episodes: int) -> AlgorithmConfig:
+    """PPO with a batch of ``episodes_per_iteration`` whole episodes."""
     batch = agent.episodes_per_iteration * units
     return (
         PPOConfig()

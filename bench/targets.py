@@ -204,7 +204,7 @@ def _why_not(run: dict[str, Any]) -> str:
 
 
 def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
-    from agents.recorder import dumps, write_atomic
+    from envs.jsonio import dumps, write_atomic
 
     targets = args.targets.split(",")
     final_path = search_bench.ROOT / "data" / "final.json"

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from compression.blocks import dropped, without_decisions
 from compression.costs import Costs, costs
 from compression.export import Artifact, build_artifact, export_onnx
 from compression.policy import CompressionPolicy
@@ -55,6 +56,7 @@ def compress(
     policy.validate(base)
     pruned = prune(model, example_input, policy, round_to, structure=base).eval()
     pruned_structure = discover(pruned, example_input) if any(r < 1.0 for r in policy.keep.values()) else base
+    policy = without_decisions(policy, dropped(base, policy))  # a dropped block's layers are gone from the artifact
     seconds["prune"] = time.perf_counter() - start
     artifact = None
     if build:

@@ -39,7 +39,11 @@ def _planned_layer(layer: LayerInfo, out_channels: int, in_channels: int) -> Lay
 
 def planned_structure(structure: ModelStructure, policy: CompressionPolicy, round_to: int = 8) -> ModelStructure:
     """The structure of ``prune(model, x, policy, round_to)`` without pruning (the policy is validated first)."""
+    from compression.blocks import dropped, without_blocks, without_decisions
+
     policy.validate(structure)
+    blocks = dropped(structure, policy)
+    structure, policy = without_blocks(structure, blocks), without_decisions(policy, blocks)
     kept = {g.name: kept_channels(g.channels, policy.keep_ratio(g.name), round_to) for g in structure.groups}
     out_of: dict[str, int] = {}  # layer -> kept output channels
     feeds: dict[str, list[tuple[int, int]]] = {}  # consumer layer -> (original, kept) channels of each group it reads

@@ -96,11 +96,15 @@ class CompressionPolicy:
     def validate(self, structure: ModelStructure, supported_bits: Iterable[int] | None = None) -> CompressionPolicy:
         """Check every unit exists and every value is allowed; returns self for chaining."""
         groups, layers = set(structure.group_names), set(structure.layer_names)
+        droppable = {b.group for b in structure.blocks}  # keep 0 drops the block (compression.blocks)
         for name, ratio in self.keep.items():
             if name not in groups:
                 raise PolicyError(f"unknown pruning group {name!r} in field 'keep'; groups: {', '.join(structure.group_names)}")
+            if ratio == 0.0 and name in droppable:
+                continue
             if not 0.0 < ratio <= 1.0:
-                raise PolicyError(f"group {name!r}: field 'keep' is {ratio}; allowed: a keep ratio in (0, 1]")
+                also = " (0: drop the block, for the groups inside droppable residual blocks)" if droppable else ""
+                raise PolicyError(f"group {name!r}: field 'keep' is {ratio}; allowed: a keep ratio in (0, 1]{also}")
         allowed = sorted(set(ALLOWED_BITS) if supported_bits is None else set(supported_bits))
         for name, precision in self.precision.items():
             if name not in layers:

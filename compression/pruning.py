@@ -43,8 +43,11 @@ def prune(
 
     ``structure`` is ``discover(model, example_input)``; pass it when pruning the same model repeatedly.
     """
+    from compression.blocks import drop_blocks
+
     structure = structure or discover(model, example_input)
     policy.validate(structure)
+    model, structure, policy = drop_blocks(model, structure, policy)  # keep 0: the block replaced by its shortcut
     if all(ratio >= 1.0 for ratio in policy.keep.values()):
         return copy.deepcopy(model)
     pruned = copy.deepcopy(model).eval()
@@ -53,7 +56,7 @@ def prune(
     graph = dependency_graph(pruned, example_input)
     ignored = [by_name[name] for name in structure.output_layers]
     importance = tp.importance.GroupMagnitudeImportance(p=2)
-    roots = {by_name[group.name]: group for group in structure.groups}
+    roots = {by_name[group.members[0]]: group for group in structure.groups}  # a group named after a dropped layer: its first left
     for root, group in pruning_groups(graph, ignored):
         # Torch-Pruning roots a group at any member; map it back to our group by membership.
         info = roots.get(root) or next((g for m, g in roots.items() if names[root] in g.members), None)

@@ -52,6 +52,17 @@ class PruningGroup:
 
 
 @dataclass(frozen=True)
+class BlockInfo:
+    """A residual block that can be removed whole (N2N): its output is its input plus a branch, so without the branch it
+    is its shortcut. Its module says so by a ``skip()`` method returning what stands in for it (``nn.Identity()``);
+    dropping it is keep ratio 0 for ``group``, the pruning group inside it (every member and consumer in the block)."""
+
+    name: str  # the block's module name
+    layers: tuple[str, ...]  # its compressible layers, in execution order
+    group: str  # the pruning group whose keep ratio 0 drops the block
+
+
+@dataclass(frozen=True)
 class ModelStructure:
     """What can be compressed in a model: its layers and its pruning groups, in execution order."""
 
@@ -62,6 +73,7 @@ class ModelStructure:
     # (group name, reason): groups Torch-Pruning cannot prune correctly here (compression.pruning.freeze_unprunable);
     # not pruned, their layers still quantizable
     frozen: tuple[tuple[str, str], ...] = ()
+    blocks: tuple[BlockInfo, ...] = ()  # residual blocks that can be dropped whole (compression.blocks)
 
     def layer(self, name: str) -> LayerInfo:
         for layer in self.layers:
@@ -207,4 +219,20 @@ def discover(model: nn.Module, example_input: torch.Tensor) -> ModelStructure:
             groups.append(found_group)
     groups.sort(key=lambda g: order[g.name])
     layers = tuple(_layer_info(name, module, out, inp) for name, module, out, inp in calls)
-    return ModelStructure(layers, tuple(groups), tuple(outputs), tuple(example_input[:1].shape), tuple(frozen))
+    blocks = droppable_blocks(model, [name for name, *_ in calls], groups)
+    return ModelStructure(layers, tuple(groups), tuple(outputs), tuple(example_input[:1].shape), tuple(frozen), blocks)
+
+
+def droppable_blocks(model: nn.Module, layers: list[str], groups: list[PruningGroup]) -> tuple[BlockInfo, ...]:
+    """The blocks of ``model`` whose module has a ``skip()`` that returns a stand-in (an identity shortcut) and that hold
+    a pruning group entirely inside them (its keep ratio 0 is the drop decision)."""
+    blocks = []
+    for name, module in model.named_modules():
+        skip = getattr(module, "skip", None)
+        if not name or not callable(skip) or skip() is None:
+            continue
+        inside = tuple(layer for layer in layers if layer.startswith(name + "."))
+        group = next((g for g in groups if set(g.members) | set(g.consumers) <= set(inside)), None)
+        if inside and group is not None:
+            blocks.append(BlockInfo(name, inside, group.name))
+    return tuple(blocks)

@@ -14,11 +14,12 @@ import numpy as np
 from compression.finetune import recalibrate_batch_norm
 from compression.pipeline import Compressed, build, compress, finetune_and_build
 from compression.plan import layer_specs, planned_structure
-from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
+from compression.policy import FLOAT_BITS, CompressionPolicy, PolicyError, Precision
 from compression.pruning import kept_channels
 from envs import ENV_CLASS_NAMES
-from envs.config import EnvConfig, EnvConfigError
+from envs.config import EnvConfig, EnvConfigError, load_base_policy
 from envs.context import EnvContext, every_core
+from envs.objectives import OBJECTIVES
 from envs.record import EpisodeOutcome
 from envs.rewards import reward_parts
 from envs.sensitivity import KEEP_RATIOS
@@ -123,6 +124,13 @@ class CompressionEnv(gym.Env):
             self.units = list(s.layer_names)
         self.layer_index = {name: i for i, name in enumerate(s.layer_names)}
         self.group_heads = {g.name: g for g in s.groups}
+        # block_drop: the groups whose keep ratio 0 drops their residual block (compression.blocks)
+        self.droppable = {b.group for b in s.blocks} if self.config.block_drop and self.kind != "quantize" else set()
+        if self.config.block_drop and self.kind != "quantize" and not self.droppable:
+            raise EnvConfigError(
+                f"env config: field 'block_drop' is true, but model {self.config.model!r} has no residual block with an identity "
+                "shortcut (a module with a skip() method; workloads/models): allowed: false"
+            )
         k = ACTION_DIMS[self.kind]
         self.action_space = gym.spaces.Box(0.0, 1.0, (k,), np.float32)
         obs_dim = 1 + STATIC_FEATURES + len(KEEP_RATIOS) + (len(self.ctx.weight_options) - 1) + 1 + 1 + BUDGET_FEATURES + k
@@ -136,6 +144,13 @@ class CompressionEnv(gym.Env):
             self.ctx.analytic_cost,
         )
         self.precision_leader = self._precision_leaders()
+        try:
+            base = load_base_policy(self.config.base_policy).validate(s)
+        except PolicyError as error:
+            raise EnvConfigError(f"env config: field 'base_policy' does not fit model {self.config.model!r}: {error}") from None
+        # what this kind does not decide, from the base policy (a two-stage search's stage 2 keeps stage 1's pruning)
+        self._base_keep = dict(base.keep) if self.kind == "quantize" else {}
+        self._base_precision = dict(base.precision) if self.kind == "prune" else {}
         self._t = 0
         self._keep: dict[str, float] = {}
         self._precision: dict[str, Precision] = {}
@@ -182,7 +197,11 @@ class CompressionEnv(gym.Env):
         """The distinct keep ratios of a group, smallest first (whole multiples of round_to channels, >= min_keep)."""
         channels = self.group_heads[unit].channels
         counts = {kept_channels(channels, r, self.config.round_to) for r in np.linspace(self.config.min_keep, 1.0, channels + 1)}
-        return [c / channels for c in sorted(counts)]
+        return ([0.0] if unit in self.droppable else []) + [c / channels for c in sorted(counts)]  # 0: drop the block
+
+    def _drop_band(self, unit: str) -> float:
+        """Keep actions below this drop the unit's block (one option's share of [0, 1]); 0 where it cannot drop."""
+        return 1.0 / len(self._keep_ratios(unit)) if unit in self.droppable else 0.0
 
     def _options(self, unit: str) -> list[Option]:
         keeps: list[float | None] = self._keep_ratios(unit) if self._keeps_here(unit) else [None]
@@ -192,9 +211,12 @@ class CompressionEnv(gym.Env):
     def _decode(self, unit: str, action: np.ndarray) -> Option:
         keep = precision = None
         if self._keeps_here(unit):
-            channels = self.group_heads[unit].channels
-            ratio = self.config.min_keep + float(action[0]) * (1.0 - self.config.min_keep)
-            keep = kept_channels(channels, ratio, self.config.round_to) / channels
+            channels, band = self.group_heads[unit].channels, self._drop_band(unit)
+            if float(action[0]) < band:
+                keep = 0.0
+            else:
+                ratio = self.config.min_keep + (float(action[0]) - band) / (1.0 - band) * (1.0 - self.config.min_keep)
+                keep = kept_channels(channels, ratio, self.config.round_to) / channels
         if self._quantizes_here():
             n = len(self.precisions)
             precision = self.precisions[min(int(float(action[-1]) * n), n - 1)]
@@ -204,7 +226,11 @@ class CompressionEnv(gym.Env):
         """The action that selects ``option`` (the dimensions a unit does not use keep the requested value)."""
         action = requested.copy()
         if option.keep is not None:
-            action[0] = np.clip((option.keep - self.config.min_keep) / (1.0 - self.config.min_keep), 0.0, 1.0)
+            band = self._drop_band(self.units[self._t]) if self._t < len(self.units) else 0.0
+            if option.keep == 0.0:
+                action[0] = band / 2
+            else:
+                action[0] = band + (1.0 - band) * np.clip((option.keep - self.config.min_keep) / (1.0 - self.config.min_keep), 0.0, 1.0)
         if option.precision is not None:
             action[-1] = (self.precisions.index(option.precision) + 0.5) / len(self.precisions)
         return action
@@ -278,7 +304,9 @@ class CompressionEnv(gym.Env):
     def sensitivity_loss(self, unit: str, option: Option) -> float:
         """What a unit's option costs in accuracy, by the sensitivity tables (KL; for the repair pass's order)."""
         loss = 0.0
-        if option.keep is not None:
+        if option.keep == 0.0:  # the block dropped
+            loss += self.ctx.drop_sensitivity.get(unit, 0.0)
+        elif option.keep is not None:
             curve = self.ctx.sensitivity["prune"].get(unit, [0.0] * len(KEEP_RATIOS))
             loss += float(np.interp(option.keep, KEEP_RATIOS[::-1], curve[::-1]))
         if option.precision is not None and option.precision.weight_bits < FLOAT_BITS:
@@ -322,12 +350,21 @@ class CompressionEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         self._t = 0
-        self._keep, self._precision = {}, {}
+        self._keep, self._precision = dict(self._base_keep), dict(self._base_precision)
         self._previous = np.ones(self.action_space.shape, np.float32)
         self._clamped = 0
         return self._observation(), {"unit": self.units[0], "units": len(self.units)}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        info = self._apply(action)
+        if self._t < len(self.units):
+            return self._observation(), 0.0, False, False, info
+        info.update(self._finish())
+        self.episodes += 1
+        return self._observation(), float(info["reward"]), True, False, info
+
+    def _apply(self, action: np.ndarray) -> dict[str, Any]:
+        """One decision: the action decoded, through the wall (when on), recorded; the step's info."""
         action = np.clip(np.asarray(action, np.float32).reshape(self.action_space.shape), 0.0, 1.0)
         unit = self.units[self._t]
         requested = self._decode(unit, action)
@@ -343,12 +380,27 @@ class CompressionEnv(gym.Env):
             self._precision[unit] = option.precision
         self._previous = applied
         self._t += 1
-        info: dict[str, Any] = {"unit": unit, "guarded": option != requested, "applied_action": applied}
-        if self._t < len(self.units):
-            return self._observation(), 0.0, False, False, info
-        info.update(self._finish())
-        self.episodes += 1
-        return self._observation(), float(info["reward"]), True, False, info
+        return {"unit": unit, "guarded": option != requested, "applied_action": applied}
+
+    def planned_policy(self, actions: np.ndarray) -> CompressionPolicy:
+        """The policy an episode of the (units, k) ``actions`` would build (the wall's steps, the repair, the fill),
+        without building, timing or scoring it (what a method screening candidates needs); the env is reset after."""
+        self.reset()
+        for row in np.asarray(actions, np.float32):
+            self._apply(row)
+        policy = self._final_policy()[0]
+        self.reset()
+        return policy
+
+    def _final_policy(self) -> tuple[CompressionPolicy, int, int]:
+        """The episode's decisions, repaired down to the budget and filled up to it (when the wall is on), by the
+        analytic cost; with the moves each made."""
+        policy, repaired, filled = self.policy(), 0, 0
+        if self.config.budget_guard:
+            policy, repaired = self.wall.repair(policy, self.limit(), self.sensitivity_loss)
+            if self.config.fill:
+                policy, filled = self.wall.fill(policy, self.limit(), self.sensitivity_loss)
+        return policy, repaired, filled
 
     # --- the end of an episode -----------------------------------------------------------------------
     def policy(self) -> CompressionPolicy:
@@ -378,15 +430,11 @@ class CompressionEnv(gym.Env):
     def _finish_episode(self) -> dict[str, Any]:
         start = time.perf_counter()
         ctx, config = self.ctx, self.config
-        policy, repaired, filled = self.policy(), 0, 0
-        if config.budget_guard:
-            policy, repaired = self.wall.repair(policy, self.limit(), self.sensitivity_loss)
-            if config.fill:
-                policy, filled = self.wall.fill(policy, self.limit(), self.sensitivity_loss)
+        policy, repaired, filled = self._final_policy()
         compressed = self.build_compressed(policy)
         seconds_build = time.perf_counter() - start
         start_latency = time.perf_counter()
-        measured = config.objective == "latency" and config.latency_source == "measure"
+        measured = config.measured_objective and config.latency_source == "measure"
         guarded = config.budget_guard and measured
         # A measurement over budget decides the episode: it is confirmed (the lowest of three fresh timings) first, with
         # the wall or without (the safety net, the uniform grid: a timing cached while the machine was loaded put the
@@ -412,12 +460,8 @@ class CompressionEnv(gym.Env):
         artifact = compressed.artifact
         accuracy = ctx.accuracy(artifact.data)
         c, ref = compressed.costs, ctx.reference_costs
-        natural = {
-            "latency": (latency_ratio, latency_ms * 1e3),
-            "macs": (c.macs / ref.macs, c.macs),
-            "bops": (c.bops / ref.bops, c.bops),
-            "bytes": (c.weight_bytes / ref.weight_bytes, c.weight_bytes),
-        }[config.objective]
+        objective = OBJECTIVES[config.objective]
+        natural = (latency_ratio, latency_ms * 1e3) if objective.measured else (objective.cost(c) / objective.cost(ref), objective.cost(c))
         parts = reward_parts(config.reward, accuracy, natural[0], natural[1], config.target_ratio)
         return EpisodeOutcome(
             **parts,
@@ -465,19 +509,19 @@ class CompressionEnv(gym.Env):
         m = ctx.client.measure(artifact, ctx.reference)
 
         def surprising(reading: Measurement) -> bool:  # for latency: far above the prediction (the slow mode, or a real miss)
-            return config.objective == "latency" and reading.ratio > predicted_ratio * (1.0 + self.SURPRISE)
+            return config.measured_objective and reading.ratio > predicted_ratio * (1.0 + self.SURPRISE)
 
         # more rounds only while the readings disagree with the prediction: a budget below the floor, read as predicted,
         # is not timed nine times per episode
         if confirm and (m.ratio > config.target_ratio or surprising(m)):
             m = ctx.client.confirm(artifact, ctx.reference, until=lambda r: not surprising(r), rounds=self.CONFIRM_ROUNDS)
-        if config.objective == "latency":
+        if config.measured_objective:
             ctx.observe_latency(specs, predicted_ratio, m.ratio)  # online calibration of the predictor
         return m.candidate.median_ms, m.ratio, m.cached, predicted_ratio
 
     def decode_policy(self, actions: np.ndarray) -> CompressionPolicy:
         """The policy a (units, k) action matrix asks for, as decoded without the wall."""
-        keep, precision = {}, {}
+        keep, precision = dict(self._base_keep), dict(self._base_precision)
         for unit, row in zip(self.units, np.asarray(actions, np.float32), strict=True):
             option = self._decode(unit, np.clip(row, 0.0, 1.0))
             if option.keep is not None:
@@ -499,7 +543,7 @@ class CompressionEnv(gym.Env):
     # --- the feasible range --------------------------------------------------------------------------
     def cost_ratio(self, policy: CompressionPolicy) -> float:
         """``policy``'s cost as a fraction of the uncompressed model's: measured on the target (cache first) for latency."""
-        if self.config.objective != "latency" or self.config.latency_source != "measure":
+        if not self.config.measured_objective or self.config.latency_source != "measure":
             return self.ctx.analytic_cost(policy) / self.ctx.analytic_reference_cost()
         return self.ctx.client.measure(self._artifact(policy), self.ctx.reference).ratio
 
@@ -511,17 +555,21 @@ class CompressionEnv(gym.Env):
 
     def most_compressed(self) -> CompressionPolicy:
         """The most compressed policy this env can play (every unit at its first option)."""
-        return self.wall.rest_at(CompressionPolicy(), 0, 0)
+        return self.wall.rest_at(self.base_policy(), 0, 0)
+
+    def base_policy(self) -> CompressionPolicy:
+        """The decisions this env does not make (``base_policy``): where every episode starts from."""
+        return CompressionPolicy(dict(self._base_keep), dict(self._base_precision))
 
     def corner_policies(self) -> dict[str, CompressionPolicy]:
         """The uniform extremes (smallest or largest keep x each precision), but the uncompressed one."""
         names = {}
         for c in range(self.wall.corners):
-            policy = self.wall.rest_at(CompressionPolicy(), 0, c)
+            policy = self.wall.rest_at(self.base_policy(), 0, c)
             if any(k < 1.0 for k in policy.keep.values()) or any(p.quantized for p in policy.precision.values()):
-                option = self.wall.corner(self.units[0], c)
                 keep = "min keep" if c % 2 == 0 and self.kind != "quantize" else "full width"
-                bits = "float" if option.precision is None or not option.precision.quantized else f"{option.precision.weight_bits}-bit"
+                first = policy.precision_of(self.ctx.structure.layer_names[0])  # the corner's (or the base's) precision
+                bits = f"{first.weight_bits}-bit" if first.quantized else "float"
                 names[f"{keep}, {bits}"] = policy
         return names
 
@@ -534,7 +582,7 @@ class CompressionEnv(gym.Env):
         55% where it measures 44%, and a 50% budget was refused).
         """
         corners = self.corner_policies()
-        if self.config.objective != "latency":
+        if not self.config.measured_objective:
             costs = {name: self.ctx.analytic_cost(p) / self.ctx.analytic_reference_cost() for name, p in corners.items()}
         else:
             client = LatencyClient(self.ctx.target, cache=None)

@@ -6,11 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from envs.objectives import OBJECTIVES as OBJECTIVE_REGISTRY
 from envs.rewards import REWARDS as REWARD_FUNCTIONS
 from workloads.datasets.preprocess import Preprocessing, PreprocessingError
 
-KINDS = ("prune", "quantize", "joint")
-OBJECTIVES = ("latency", "macs", "bops", "bytes")
+KINDS = ("prune", "quantize", "joint", "two-stage")  # two-stage: a search of a prune env, then a quantize env (experiments.stages)
+OBJECTIVES = tuple(OBJECTIVE_REGISTRY)  # envs.objectives.OBJECTIVES: one entry adds an objective
 REWARDS = tuple(REWARD_FUNCTIONS)  # envs.rewards.REWARDS: one entry adds a reward
 LATENCY_SOURCES = ("measure", "predict")
 WALL_MODES = ("paced", "relative", "clamp")
@@ -50,7 +51,7 @@ class EnvConfigError(ConfigError):
 class EnvConfig:
     """Everything an environment needs; every field has a default, so ``EnvConfig()`` is the embedded demo."""
 
-    kind: str = "joint"  # prune | quantize | joint (set by the registered env id)
+    kind: str = "joint"  # prune | quantize | joint (set by the registered env id) | two-stage (a search, experiments.stages)
     model: str = "resnet20"
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
@@ -88,6 +89,18 @@ class EnvConfig:
     # Several searches sharing a machine (a sweep or study with concurrent trials): 1.
     threads: int = 0
     seed: int = 0
+    # the decisions this kind of env does not make, taken from a policy (quantize: its keep ratios; prune: its
+    # precisions): a JSON file holding a policy or an episode record (a run's best_policy.json), or the policy's JSON
+    # text. The two-stage search passes stage 1's best policy to stage 2 this way.
+    base_policy: str | None = None
+    # N2N-style block removal: residual blocks with an identity shortcut may be dropped whole (keep ratio 0 for the
+    # group inside each; compression.blocks), so the artifact loses their operators too (prune and joint envs)
+    block_drop: bool = False
+
+    @property
+    def measured_objective(self) -> bool:
+        """Is the objective timed on the target (latency), rather than computed from the compressed model?"""
+        return OBJECTIVE_REGISTRY[self.objective].measured
 
     def __post_init__(self) -> None:
         choices = {
@@ -120,6 +133,10 @@ class EnvConfig:
                 raise EnvConfigError("env config", name, getattr(self, name), allowed)
         if self.weights is not None and self.checkpoint is not None:
             raise EnvConfigError("env config", "weights", self.weights, "a state-dict file, or the checkpoint field, not both")
+        if not isinstance(self.block_drop, bool):
+            raise EnvConfigError("env config", "block_drop", self.block_drop, "true or false")
+        if self.base_policy is not None:
+            load_base_policy(self.base_policy)  # raises naming the field
         for name in ("weights", "checkpoint"):
             if getattr(self, name) is not None and (not isinstance(getattr(self, name), str) or not getattr(self, name)):
                 raise EnvConfigError("env config", name, getattr(self, name), "a path (a non-empty string) or null")
@@ -184,3 +201,29 @@ class EnvConfig:
             "objective",
         )
         return tuple(getattr(self, f) for f in fields)
+
+
+def load_base_policy(value: str | None) -> Any:
+    """The ``base_policy`` field's policy (a ``CompressionPolicy``; the empty policy for None)."""
+    import json
+    from pathlib import Path
+
+    from compression.policy import CompressionPolicy
+
+    if value is None:
+        return CompressionPolicy()
+    if not isinstance(value, str) or not value.strip():
+        raise EnvConfigError(
+            "env config", "base_policy", value, "a policy JSON file (e.g. a run's best_policy.json), a policy's JSON text, or null"
+        )
+    try:
+        data = json.loads(value) if value.lstrip().startswith("{") else json.loads(Path(value).read_text())
+        return CompressionPolicy.from_dict(data.get("policy", data) if isinstance(data, dict) else data)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        shown = value if len(value) < 80 else value[:77] + "..."
+        raise EnvConfigError(
+            "env config",
+            "base_policy",
+            shown,
+            f"a policy JSON file (e.g. a run's best_policy.json), a policy's JSON text, or null ({error})",
+        ) from None

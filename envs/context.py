@@ -33,6 +33,7 @@ from compression.policy import FLOAT_BITS, CompressionPolicy, Precision
 from compression.pruning import freeze_unprunable
 from compression.structure import ModelStructure, discover
 from envs.config import EnvConfig, EnvConfigError
+from envs.objectives import OBJECTIVES
 from envs.sensitivity import KEEP_RATIOS, cached_sensitivity
 from hardware.cache import galen_home
 from hardware.client import LatencyClient
@@ -55,7 +56,7 @@ def precision_options(target: HardwareTarget, objective: str) -> tuple[tuple[int
     For latency only what the target runs with real kernels (on CPUs: 8 and 32); for MACs, BOPs and
     bytes, 2..8 bits are simulated too (they shrink the model, not the latency on a CPU).
     """
-    if objective == "latency":
+    if OBJECTIVES[objective].real_kernels_only:
         return tuple(sorted(target.weight_bits)), tuple(sorted(target.activation_bits))
     return (*LOW_BITS, FLOAT_BITS), (*LOW_BITS, FLOAT_BITS)
 
@@ -271,7 +272,7 @@ class EnvContext:
         search then measured over budget, was repaired down to 41% latency and scored 26.7%. Episodes this process
         measured itself (an env runner in the driver) are not counted twice.
         """
-        if self.config.objective != "latency" or self.config.latency_source != "measure":
+        if not self.config.measured_objective or self.config.latency_source != "measure":
             return 0
         seen = {(predicted, measured) for _, predicted, measured in self._observed}  # this process measured them itself
         fresh = []
@@ -301,7 +302,7 @@ class EnvContext:
         Not higher: on this shared machine one timing in ten or so is disturbed by 10-20% (seen in repeats of the same
         artifact); chasing those would push every policy far below the budget for the sake of a few measurements.
         """
-        if self.config.objective != "latency" or self.config.latency_source != "measure":
+        if not self.config.measured_objective or self.config.latency_source != "measure":
             return 0.0
         errors = self.prediction_errors()[-self.MARGIN_WINDOW :]
         if len(errors) < 5:
@@ -310,11 +311,10 @@ class EnvContext:
 
     def analytic_cost(self, policy: CompressionPolicy) -> float:
         """The objective's cost of ``policy`` without building it (latency: predicted, ms)."""
-        objective = self.config.objective
-        if objective == "latency":
+        objective = OBJECTIVES[self.config.objective]
+        if objective.measured:
             return self.predictor.predict(layer_specs(self.structure, policy, self.config.round_to))
-        costs = planned_costs(self.structure, policy, self.config.round_to)
-        return float({"macs": costs.macs, "bops": costs.bops, "bytes": costs.weight_bytes}[objective])
+        return objective.cost(planned_costs(self.structure, policy, self.config.round_to))
 
     @cached_property
     def reference_specs(self) -> list[dict[str, Any]]:
@@ -340,6 +340,22 @@ class EnvContext:
         return cached_sensitivity(
             galen_home() / "sensitivity", identity, self.model, self.structure, images, precisions, self.config.round_to
         )
+
+    @cached_property
+    def drop_sensitivity(self) -> dict[str, float]:
+        """Per droppable residual block's group: the KL of the model's outputs with only that block dropped (its
+        shortcut in its place), on the sensitivity images; computed when an env first drops blocks (``block_drop``)."""
+        from compression.blocks import drop_blocks
+        from envs.sensitivity import _kl
+
+        images = self.data.calibration(self.config.sensitivity_images, seed=self.config.seed + 7)
+        with torch.no_grad():
+            p_log = torch.log_softmax(self.model.eval()(images), dim=1)
+            out = {}
+            for block in self.structure.blocks:
+                model, _, _ = drop_blocks(self.model, self.structure, CompressionPolicy(keep={block.group: 0.0}))
+                out[block.group] = _kl(p_log, model.eval()(images))
+        return out
 
     @cached_property
     def layer_features(self) -> np.ndarray:

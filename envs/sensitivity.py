@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from compression.policy import CompressionPolicy, Precision
 from compression.pruning import kept_channels, prune
 from compression.quant_sim import attach_fake_quant
 from compression.structure import ModelStructure
+from envs.jsonio import write_json
 
 KEEP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
@@ -99,7 +98,5 @@ def cached_sensitivity(
             return stored["sensitivity"]
     result = compute_sensitivity(model, structure, images, precisions, round_to)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=cache_dir, delete=False, suffix=".tmp") as handle:
-        json.dump({"key": key_data, "sensitivity": result}, handle)
-    os.replace(handle.name, path)
+    write_json(path, {"key": key_data, "sensitivity": result}, indent=None)
     return result

@@ -30,10 +30,10 @@ import yaml
 
 from agents.config import ALGOS
 from envs.config import ConfigError
+from envs.jsonio import read_json, write_json
 from experiments import rundir
 from experiments.config import SearchConfig, merge
 from experiments.options import add_options, from_args, option
-from experiments.results import read_json, write_json
 
 log = logging.getLogger("galen.compress")
 

@@ -16,9 +16,10 @@ import torch
 
 from compression.pipeline import finetune_and_build
 from compression.policy import CompressionPolicy
+from envs.jsonio import read_json, write_json
 from experiments import rundir
 from experiments.config import SearchConfig
-from experiments.results import evaluate, make_env, pick_episode, read_json, write_json
+from experiments.results import evaluate, make_env, pick_episode
 from experiments.rundir import RunDir
 
 

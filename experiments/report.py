@@ -13,8 +13,8 @@ from typing import Any
 import yaml
 
 from agents.recorder import pareto_front, read_episodes
+from envs.jsonio import read_json
 from experiments import rundir
-from experiments.results import read_json
 
 REPORT_DIR = "report"
 

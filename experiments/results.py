@@ -5,12 +5,11 @@ Used by ``galen search`` (its closing table and ``summary.json``), ``galen expor
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
+from agents.accuracy import rank_agreement
 from compression.export import evaluate_onnx
 from compression.policy import CompressionPolicy
 from envs import ENV_IDS
@@ -26,6 +25,10 @@ def make_env(config: SearchConfig) -> CompressionEnv:
     from experiments import cluster
 
     cluster.connect_for(config.env.target)
+    if config.env.kind == "two-stage":  # a search of two envs: its first (experiments.stages)
+        from experiments.stages import stage_one_env
+
+        return stage_one_env(config)
     return ENV_BY_KIND[config.env.kind](config.env)
 
 
@@ -81,7 +84,7 @@ def measure_final(env: CompressionEnv, artifact: bytes, expected_ratio: float | 
     ctx = env.ctx
     client = ctx.client
     m = client.measure(artifact, ctx.reference)
-    if env.config.objective == "latency":
+    if env.config.measured_objective:
         fastest = ctx.reference_ms  # the calibration's timing of the reference (itself kept from its fastest-reference timing)
     else:  # no latency predictor to build for it (its per-layer table is hundreds of timings): the fastest this search saw
         fastest = client.fastest_reference_ms(ctx.reference)
@@ -129,6 +132,7 @@ def summarize(env: CompressionEnv, best: dict[str, Any], episodes: list[dict[str
         "objective": best["objective"],
         "lowest_cost_ratio": min((e["cost_ratio"] for e in episodes), default=None) if episodes else None,
         "frozen": dict(env.ctx.structure.frozen),  # pruning groups left unpruned (compression.pruning.freeze_unprunable)
+        "accuracy_predictor": rank_agreement(episodes or []),  # a screened search: how well its predictor ranked
     }
 
 
@@ -150,6 +154,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     text = "\n".join(f"{a:<{w0}}  {b_:<{w1}}  {c}" for a, b_, c in rows)
+    predictor = summary.get("accuracy_predictor")
+    if predictor and predictor.get("kendall_tau") is not None:
+        text += (
+            f"\naccuracy predictor (screening): Kendall tau {predictor['kendall_tau']:.2f} between predicted and scored accuracy"
+            f" over the {predictor['episodes']} screened episodes"
+        )
     lowest = summary.get("lowest_cost_ratio")
     if not summary["within_budget"] and lowest is not None:
         text += (
@@ -158,13 +168,3 @@ def format_summary(summary: dict[str, Any]) -> str:
             "is out of reach for this model on this target; the report's Pareto front shows what is reachable."
         )
     return text
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    from agents.recorder import dumps, write_atomic
-
-    write_atomic(path, dumps(data, indent=1))
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.exists() else None

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from agents.recorder import BEST, EPISODES, PARETO, read_episodes, write_atomic  # noqa: F401 (BEST, EPISODES, PARETO: re-exported)
+from agents.recorder import BEST, EPISODES, PARETO, read_episodes  # noqa: F401 (BEST, EPISODES, PARETO: re-exported)
+from envs.jsonio import write_atomic
 from experiments.config import SearchConfig
 
 # The layout's file names: every module reads and writes a run directory through these (the recorder's own three

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 
 from agents.recorder import EpisodeLog, read_episodes
+from envs.jsonio import read_json, write_json
 from experiments import cluster, rundir
 from experiments.config import SearchConfig, builtin_config
-from experiments.results import format_summary, make_env, read_json, summarize, write_json
+from experiments.results import format_summary, make_env, summarize
 from experiments.rundir import RunDir
 
 log = logging.getLogger("galen.search")
@@ -232,12 +233,29 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool, o
             env.ctx.replay_observations(episode_log.records)  # a resumed run keeps its online calibration
             own = [r for r in episode_log.records if r.get("source") != "uniform-safety"]
             if len(own) < config.episodes:
-                run_baseline(config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick)
+                run_baseline(
+                    config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick, config.agent.screen
+                )
             safety = config.env.budget_guard and config.agent.algo != "uniform"
             if safety and not any(r.get("source") == "uniform-safety" for r in episode_log.records):
                 play_safety_net(env, episode_log.record)
     finally:
         episode_log.close()
+
+
+def run_method(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_iteration: Any = None, on_episode: Any = None) -> None:
+    """The search's method on ``env``: an RL agent or a baseline; a two-stage search plays its two stages
+    (``experiments.stages``), each with the method. ``on_iteration`` / ``on_episode``: a study's reports to Tune."""
+    if config.env.kind == "two-stage":
+        from experiments.stages import run_two_stage
+
+        run_two_stage(
+            config, run, progress, lambda sub, sub_run, sub_env: run_method(sub, sub_run, sub_env, progress, on_iteration, on_episode)
+        )
+    elif config.agent.is_rl:
+        run_rl(config, run, env, progress, on_iteration=on_iteration)
+    else:
+        run_baselines(config, run, env, progress, on_episode=on_episode)
 
 
 # --- the entry point ---------------------------------------------------------------------------------
@@ -260,10 +278,7 @@ def main(config: SearchConfig, resume: bool = False, progress: bool = True, repo
         owns_ray = cluster.connect() or owns_ray
         run.set_state(status="running", pid=os.getpid(), algo=config.agent.algo)
         with _sigterm_interrupts():
-            if config.agent.is_rl:
-                run_rl(config, run, env, progress)
-            else:
-                run_baselines(config, run, env, progress)
+            run_method(config, run, env, progress)
         run.set_state(status="finished")
         if not summary:
             return {}
@@ -299,7 +314,7 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
         floor, ceiling, which = env.feasible_range()
         # A refusal is measured twice more after a pause, the lowest floor counting: a stretch of load on a shared
         # machine (seen here: Ray workers of a stopped run still exiting) put ResNet-20's 44% floor at 55%.
-        for _ in range(2 if config.env.target_ratio < floor and config.env.objective == "latency" else 0):
+        for _ in range(2 if config.env.target_ratio < floor and config.env.measured_objective else 0):
             time.sleep(RECHECK_PAUSE_S)
             again, _, also = env.feasible_range()
             if again < floor:
@@ -317,7 +332,7 @@ def check_budget(config: SearchConfig, env: Any, run: RunDir | None = None) -> t
     if target < floor and not config.env.budget_guard:
         log.warning("env.target_ratio %g is below the feasible range (%.3f); budget_guard is off, so the search runs anyway", target, floor)
     elif target < floor:
-        latency = config.env.objective == "latency"
+        latency = config.env.measured_objective
         # a small model's floor is overhead-bound and reads high under load (ResNet-20, AMD EPYC: 30% idle, 43-45% while
         # a test suite ran beside it), even timed again after pauses
         busy = "; timings read high while other work shares the CPU: if some did, run again when the machine is idle" if latency else ""

@@ -209,7 +209,7 @@ def trial(params: dict[str, Any]) -> None:
 
     from experiments.results import make_env
     from experiments.rundir import RunDir
-    from experiments.search import check_budget, run_baselines, run_rl
+    from experiments.search import check_budget, run_method
 
     torch.set_num_threads(1)
     config = SearchConfig.from_dict(params["cell"]["config"])
@@ -223,18 +223,24 @@ def trial(params: dict[str, Any]) -> None:
     def report(summary: dict[str, Any]) -> None:
         tune.report({k: float(v) for k, v in summary.items() if isinstance(v, int | float)})
 
-    if config.agent.is_rl:
-        run_rl(config, run, env, progress=False, on_iteration=lambda iteration, summary, checkpoint: report(summary))
-    else:
-        run_baselines(config, run, env, progress=False, on_episode=lambda done, summary: report(summary))
+    run_method(
+        config,
+        run,
+        env,
+        progress=False,
+        on_iteration=lambda iteration, summary, checkpoint: report(summary),
+        on_episode=lambda done, summary: report(summary),
+    )
     run.set_state(status="finished")
 
 
 def _resources(params: dict[str, Any]) -> Any:
     from ray import tune
 
+    from agents.config import RL_ALGOS
+
     agent = params["cell"]["config"]["agent"]
-    runners = agent.get("env_runners", 0) if agent["algo"] in ("sac", "ppo") else 0
+    runners = agent.get("env_runners", 0) if agent["algo"] in RL_ALGOS else 0
     return tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": 1}] * runners)
 
 
@@ -242,8 +248,7 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or, with ``resume``, restore) the study as one Tune experiment; then write its report."""
     from ray import tune
 
-    from agents.recorder import write_atomic
-    from experiments import cluster
+    from envs.jsonio import write_atomic
     from experiments.sweep import _wandb_callback, raise_failed_trials
 
     cells = study.cells()
@@ -262,37 +267,59 @@ def run(study: StudyConfig, resume: bool = False) -> dict[str, Any]:
     path.mkdir(parents=True, exist_ok=True)
     write_atomic(saved, yaml.safe_dump(study.to_dict(), sort_keys=False))
     log.info("study %s: %d cells (%s), in %s", study.name, len(cells), ", ".join(c.name for c in cells), path)
+    callbacks = []
+    if not resume:
+        by_cell = {c.name: c for c in cells}
+
+        def labels(t: Any) -> dict[str, Any]:
+            cell = by_cell.get(_cell_name(t.config))
+            return {"name": cell.name, "job_type": method_label(cell, study)} if cell else {}
+
+        options = {k: v for k, v in study.wandb.items() if k in ("entity", "mode")}
+        callbacks = _wandb_callback(study.wandb.get("project"), study.name, labels, log_config=False, **options)
+    results = fit_cells(study.name, path.parent, cells, max_concurrent=study.max_concurrent, callbacks=callbacks, resume=resume)
+    out = report(study)
+    print(f"study {path}: {len(cells)} cells; report: {path / REPORT_DIR / 'study.md'}")
+    raise_failed_trials("galen study", "cells", results, lambda r: _cell_name(r.config))
+    return out
+
+
+def fit_cells(
+    name: str,
+    storage: Path,
+    cells: list[Cell],
+    *,
+    max_concurrent: int = 0,
+    callbacks: list[Any] | None = None,
+    resume: bool = False,
+    time_budget_s: float | None = None,
+    verbose: int = 1,
+) -> Any:
+    """Run ``cells`` as the Tune experiment ``storage/name`` (``resume``: restore it), each cell one trial of
+    :func:`trial` continuing its run directory; returns Tune's ``ResultGrid``. ``time_budget_s``: stop every trial
+    after this long (each keeps what it recorded; its run directory resumes later)."""
+    from ray import tune
+
+    from experiments import cluster
+
     owns_ray = cluster.connect()
     try:
         trainable = tune.with_resources(trial, resources=_resources)
         if resume:
-            tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, resume_unfinished=True)
+            tuner = tune.Tuner.restore(str(storage / name), trainable=trainable, resume_errored=True, resume_unfinished=True)
         else:
-            project = study.wandb.get("project")
-            by_cell = {c.name: c for c in cells}
-
-            def labels(t: Any) -> dict[str, Any]:
-                cell = by_cell.get(_cell_name(t.config))
-                return {"name": cell.name, "job_type": method_label(cell, study)} if cell else {}
-
-            options = {k: v for k, v in study.wandb.items() if k in ("entity", "mode")}
-            callbacks = _wandb_callback(project, study.name, labels, log_config=False, **options)
             tuner = tune.Tuner(
                 trainable,
                 param_space={"cell": tune.grid_search([{"name": c.name, "config": c.config} for c in cells])},
-                tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.max_concurrent or None),
-                run_config=tune.RunConfig(name=study.name, storage_path=str(path.parent), callbacks=callbacks, verbose=1),
+                tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent or None, time_budget_s=time_budget_s),
+                run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=callbacks or None, verbose=verbose),
             )
-        results = tuner.fit()
+        return tuner.fit()
     finally:
         if owns_ray:
             import ray
 
             ray.shutdown()
-    out = report(study)
-    print(f"study {path}: {len(cells)} cells; report: {path / REPORT_DIR / 'study.md'}")
-    raise_failed_trials("galen study", "cells", results, lambda r: _cell_name(r.config))
-    return out
 
 
 def _cell_name(config: dict[str, Any] | None) -> str:
@@ -355,7 +382,7 @@ def measure_best(row: dict[str, Any], cell: Cell, steps: int, cache: dict[str, A
         env = make_env(config)
         policy = CompressionPolicy.from_dict(row["best_policy"])
         artifact = env.build_compressed(policy, finetune_steps=0).artifact.data
-        measured = measure_final(env, artifact, expected_ratio=row["best_cost_ratio"] if config.env.objective == "latency" else None)
+        measured = measure_final(env, artifact, expected_ratio=row["best_cost_ratio"] if config.env.measured_objective else None)
         after, seconds = fixed_finetune(env, policy, steps) if steps else (None, 0.0)
         cache[key] = {"latency_ratio": measured.ratio, "test_after_finetune": after, "finetune_seconds": seconds}
     row.update(
@@ -366,7 +393,7 @@ def measure_best(row: dict[str, Any], cell: Cell, steps: int, cache: dict[str, A
 
 def report(study: StudyConfig, finetune_steps: int | None = None) -> dict[str, Any]:
     """Score every cell, measure the best policies (cached), compare the methods; write study.json, study.md, plots."""
-    from agents.recorder import dumps, write_atomic
+    from envs.jsonio import dumps, write_atomic
 
     steps = study.finetune_steps if finetune_steps is None else finetune_steps
     out_dir = study.path / REPORT_DIR

@@ -265,7 +265,7 @@ def _first_line(error: BaseException) -> str:
 def _write_results(results: Any, path: Path) -> None:
     """Every trial's last reported metrics (the recorder's summary and RLlib's learner and env-runner metrics), its
     hyperparameters, run directory and status, as JSON beside Tune's own files (written atomically)."""
-    from experiments.results import write_json
+    from envs.jsonio import write_json
 
     trials = []
     for r in results:

@@ -212,3 +212,41 @@ def test_pruned_model_trains() -> None:
     optimizer.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, pruned.parameters(), strict=True))
     assert sum(p.numel() for p in model.parameters()) == 272_186  # the original is untouched (1-channel input)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_a_dropped_block_is_gone_from_the_model_the_plan_and_the_artifact(name: str) -> None:
+    import copy
+
+    import onnx
+
+    from compression.pipeline import compress
+    from compression.plan import planned_costs, planned_structure
+
+    model = build_model(name, 3, 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    structure = discover(model, x)
+    names = [b.name for b in structure.blocks]
+    if name == "resnet20":  # the blocks with an identity shortcut: 3 in the first stage, 2 in each later one
+        assert names == ["layers.0.0", "layers.0.1", "layers.0.2", "layers.1.1", "layers.1.2", "layers.2.1", "layers.2.2"]
+        assert structure.blocks[0].group == "layers.0.0.conv1" and structure.blocks[0].layers == ("layers.0.0.conv1", "layers.0.0.conv2")
+    block = structure.blocks[1]
+    other = next(g.name for g in structure.groups if not g.name.startswith(block.name + ".") and g.name != block.group)
+    policy = CompressionPolicy({block.group: 0.0}, {n: Precision(8, 8) for n in structure.layer_names})
+    dropped = prune(model, x, policy, structure=structure).eval()
+    reference = copy.deepcopy(model)
+    parent, _, child = block.name.rpartition(".")
+    setattr(reference.get_submodule(parent), child, nn.Identity())  # the block as its shortcut, by hand
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(x), reference(x))
+    both = CompressionPolicy({block.group: 0.0, other: 0.5}, policy.precision)
+    real = discover(prune(model, x, both, structure=structure), x)
+    assert not any(layer.startswith(block.name + ".") for layer in real.layer_names)
+    planned = planned_structure(structure, both)
+    assert planned.layers == real.layers and planned.groups == real.groups and planned_costs(structure, both).macs == real.total_macs
+    compressed = compress(model, both, x[:1], x)
+    graph = onnx.load_from_string(compressed.artifact.data).graph
+    assert graph.node and not any(block.name in node.name for node in graph.node)  # no operator of the block ships
+    assert {layer.layer for layer in compressed.artifact.layers} == set(real.layer_names)
+    with pytest.raises(PolicyError, match=r"field 'keep' is 0.0; allowed: a keep ratio in \(0, 1\] \(0: drop the block"):
+        CompressionPolicy({other: 0.0}).validate(structure)

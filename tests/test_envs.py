@@ -310,7 +310,7 @@ def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict
             EnvConfigError,
             r"^env config: field 'reward' is 'best'; allowed: accuracy, galen, constrained-soft, constrained-hard, amc$",
         ),
-        ({"budget": 3}, EnvConfigError, r"^env config: unknown field 'budget'; allowed fields: base_epochs, bn_batches, "),
+        ({"budget": 3}, EnvConfigError, r"^env config: unknown field 'budget'; allowed fields: base_epochs, base_policy, block_drop, bn_batches, "),
         ({"checkpoint": "/nonexistent/ckpt"}, CheckpointError, r"field 'checkpoint' is '/nonexistent/ckpt', which has no meta.json"),
         (
             {"checkpoint": None, "base_epochs": 77},
@@ -385,3 +385,26 @@ def test_a_base_model_trains_on_every_core_and_the_search_keeps_its_one_thread()
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(saved)
+
+
+def test_block_drop_removes_residual_blocks_under_the_wall_and_lowers_the_floor(config: dict) -> None:
+    from compression.policy import CompressionPolicy
+
+    base = {**config, "objective": "macs", "target_ratio": 0.2}
+    env = JointEnv({**base, "block_drop": True})
+    blocks = {b.group: b for b in env.ctx.structure.blocks}
+    assert env.droppable == set(blocks) and len(blocks) == 7  # ResNet-20: the blocks with an identity shortcut
+    assert all(env._keep_ratios(g)[0] == 0.0 for g in blocks)  # the drop option, before the narrowest keep
+    # the floor: every block dropped as well as every other group at its narrowest
+    floor, _, _ = env.feasible_range()
+    assert floor < JointEnv(base).feasible_range()[0]
+    actions = np.zeros((len(env.units), 2), np.float32)  # the most compressed request everywhere
+    _, _, info = _run(env, actions)
+    dropped = [g for g, k in info["policy"]["keep"].items() if k == 0.0]
+    assert dropped and set(dropped) <= set(blocks) and info["within_budget"]
+    compressed = env.build_compressed(CompressionPolicy.from_dict(info["policy"]))
+    gone = {layer for g in dropped for layer in blocks[g].layers}
+    assert gone and not gone & set(compressed.structure.layer_names)  # the dropped blocks' layers are not in the model
+    assert env.ctx.drop_sensitivity[dropped[0]] > 0
+    with pytest.raises(EnvConfigError, match="field 'block_drop' is 'yes'; allowed: true or false"):
+        EnvConfig(block_drop="yes")

@@ -23,3 +23,18 @@ def test_a_record_round_trips_and_an_older_line_reads_its_missing_fields_as_none
     assert EpisodeRecord.from_dict(json.loads(json.dumps(old))).outcome.predicted_ratio is None
     # the RLlib callback logs the record's metric fields, no list of its own
     assert METRICS == METRIC_FIELDS and {"accuracy", "cost_ratio", "latency_ratio", "reward"} <= set(METRIC_FIELDS)
+
+
+def test_json_files_are_replaced_whole_and_a_torn_last_line_is_skipped(tmp_path) -> None:
+    import numpy as np
+
+    from envs.jsonio import read_json, read_jsonl, write_json
+
+    path = tmp_path / "state.json"
+    assert read_json(path) is None and read_jsonl(tmp_path / "none.jsonl") == []
+    write_json(path, {"a": np.float32(0.5), "b": np.arange(3)})
+    write_json(path, {"a": 1})
+    assert read_json(path) == {"a": 1} and [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left
+    log = tmp_path / "episodes.jsonl"
+    log.write_text('{"episode": 0}\n{"episode": 1}\n{"epis')  # a line cut short by SIGKILL
+    assert read_jsonl(log) == [{"episode": 0}, {"episode": 1}]

@@ -29,7 +29,7 @@ def test_demo_config_is_valid_and_matches_the_issue() -> None:
             {"env": {"reward": "best"}},
             "search config: field 'env.reward' is 'best'; allowed: accuracy, galen, constrained-soft, constrained-hard, amc",
         ),
-        ({"env": {"kind": "distill"}}, "search config: field 'env.kind' is 'distill'; allowed: prune, quantize, joint"),
+        ({"env": {"kind": "distill"}}, "search config: field 'env.kind' is 'distill'; allowed: prune, quantize, joint, two-stage"),
         ({"env": {"target_ratio": 1.5}}, r"search config: field 'env.target_ratio' is 1.5; allowed: a number in \(0, 1\]"),
         ({"workload": {"base_epochs": 0}}, "search config: field 'workload.base_epochs' is 0; allowed: an integer >= 1"),
         ({"episodes": 0}, "search config: field 'episodes' is 0; allowed: an integer >= 1"),
@@ -69,6 +69,19 @@ def test_sweep_space_comes_from_the_agent_config_fields() -> None:
     assert space["lr"] == ("loguniform", 1e-4, 3e-3)
     assert "entropy_coeff" not in space and "entropy_coeff" in search_space_defaults("ppo")
     assert AgentConfig.from_dict({"hidden": [32, 32]}).hidden == (32, 32)
+
+
+def test_every_search_method_is_one_registry_entry_that_loads() -> None:
+    from agents.baselines import Searcher
+    from agents.config import ALGOS, BASELINES, METHODS, RL_ALGOS
+
+    assert ALGOS == tuple(METHODS) and set(RL_ALGOS) | set(BASELINES) == set(ALGOS) and not set(RL_ALGOS) & set(BASELINES)
+    for name, method in METHODS.items():
+        entry = method.load()
+        assert callable(entry) and (issubclass(entry, Searcher) if not method.rl else entry.__name__ == f"{name}_config"), name
+        assert set(method.tuned) <= set(search_space_defaults(name)) and AgentConfig(algo=name).is_rl == method.rl
+    with pytest.raises(ConfigError, match="field 'algo'.*'dqn'.*allowed: sac, ppo, uniform, random, tpe, nsga2, gp-bo"):
+        AgentConfig(algo="dqn")
 
 
 def _info(accuracy: float, cost: float, target: float = 0.5) -> dict:

@@ -31,8 +31,9 @@ from typing import Any
 
 import yaml
 
-from agents.recorder import dumps, read_episodes, write_atomic
+from agents.recorder import read_episodes
 from bench.galen.plan import Run
+from envs.jsonio import dumps, write_atomic
 from experiments import rundir
 from experiments.rundir import RunDir
 

@@ -3,9 +3,10 @@
 Phases (each resumable; run the same command again to continue):
 
 1. base model: ResNet-56 (``--model``) on Fashion-MNIST, trained by the platform and stored;
-2. searches: one ``galen search`` run per (method, budget, seed) of ``bench.galen.plan``, ``--jobs``
-   at a time, each in its own process and run directory (stopped runs resume from their last
-   checkpoint; finished ones are skipped);
+2. searches: one search per (method, budget, seed) of ``bench.galen.plan``, each one trial of a Ray
+   Tune experiment (``experiments.study.fit_cells``, the machinery of ``galen study``), ``--jobs`` at a
+   time, each in its own run directory (stopped runs resume from their last checkpoint; finished ones
+   are skipped);
 3. final measurements, alone on the machine: the core's peak fp32/int8 throughput; per run and
    budget the best policy (most accurate within budget; else the cheapest) rebuilt, exported and
    re-timed interleaved with the reference without the latency cache; per method and budget the
@@ -23,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,13 +31,13 @@ from typing import Any
 
 import yaml
 
-from agents.recorder import dumps, read_episodes, write_atomic
+from agents.recorder import read_episodes
 from bench.galen import archive
 from bench.galen.plan import METHODS, Run, budget_tag, plan, search_config
+from envs.jsonio import dumps, write_atomic
 from experiments import analysis, rundir
 
 ROOT = Path(__file__).parent
-REPO = ROOT.parent.parent
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,9 +55,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episodes", type=int, default=200, help="episodes per run, the same for every method (default: 200)")
     p.add_argument("--val-size", type=int, default=500, help="validation images scored per episode (default: 500)")
     p.add_argument("--finetune-steps", type=int, default=200, help="SGD steps (batch 128) of the fixed fine-tune (default: 200)")
-    p.add_argument("--jobs", type=int, default=2, help="searches at once (latency timings stay serialised by the device lock)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="searches at once: Tune trials of one CPU each (latency timings stay serialised by the device lock)",
+    )
     p.add_argument("--out", default=str(ROOT), help="where runs/, RESULTS.md, plots/ and data/ go (default: bench/galen)")
-    p.add_argument("--stop-after", type=float, default=None, help="minutes: stop starting new searches after this long (resume later)")
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        help="minutes: stop the searches after this long (each keeps what it recorded; run again to resume)",
+    )
     p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only: the searches, or scoring and writing")
     args = p.parse_args(argv)
     try:
@@ -110,58 +119,60 @@ def _episodes_done(run: Run, out: Path) -> int:
 
 
 def run_searches(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
-    """Run (or resume) every unfinished search, ``args.jobs`` at a time; returns the failures."""
+    """Run (or resume) every unfinished search as one trial of a Tune experiment (``experiments.study``), ``args.jobs``
+    at a time; archive each that finished; returns the failures."""
+    import shutil
+
+    from ray import tune
     from tqdm import tqdm
 
-    todo = [r for r in args.runs if status(r, args.out) != "finished"]
-    total = len(args.runs) * args.episodes
-    done = lambda: sum(min(_episodes_done(r, args.out), args.episodes) for r in args.runs)  # noqa: E731
-    logs = args.out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    running: dict[Run, subprocess.Popen] = {}
-    failures: list[str] = []
-    started = time.monotonic()
-    bar = tqdm(total=total, initial=done(), unit="ep", desc=f"searches ({len(todo)} of {len(args.runs)} to run)", dynamic_ncols=True)
+    from experiments.config import SearchConfig
+    from experiments.study import Cell, fit_cells
+    from experiments.sweep import TrialsFailedError, raise_failed_trials
 
-    def launch(run: Run) -> None:
+    todo = [r for r in args.runs if status(r, args.out) != "finished"]
+    if not todo:
+        return []
+    cells = []
+    for run in todo:
         config = search_config(run, args.out, model=args.model, checkpoint=base["path"], episodes=args.episodes, val_size=args.val_size)
-        path = args.out / "configs" / f"{run.label.replace('/', '--')}.yaml"
+        path = args.out / "configs" / f"{_file_label(run)}.yaml"  # what each run ran, readable beside its results
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, yaml.safe_dump(config, sort_keys=False))
-        command = [sys.executable, "-m", "experiments.search", "--config", str(path), "--resume", "--no-progress", "--no-summary"]
-        log = (logs / f"{run.label.replace('/', '--')}.log").open("ab")
-        running[run] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        cells.append(
+            Cell(_file_label(run), {"method": run.method, "budget": run.budget, "seed": run.seed}, SearchConfig.from_dict(config).to_dict())
+        )
+    total = len(args.runs) * args.episodes
+    done = lambda: sum(min(_episodes_done(r, args.out), args.episodes) for r in args.runs)  # noqa: E731
+    bar = tqdm(total=total, initial=done(), unit="ep", desc=f"searches ({len(todo)} of {len(args.runs)} to run)", dynamic_ncols=True)
 
-    def stop(signum: int, frame: Any) -> None:  # SIGTERM to the benchmark: the finally below stops the searches cleanly
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        while todo or running:
-            out_of_time = args.stop_after is not None and time.monotonic() - started > 60 * args.stop_after
-            while todo and len(running) < args.jobs and not out_of_time:
-                launch(todo.pop(0))
-            time.sleep(5)
-            for run, process in list(running.items()):
-                if process.poll() is not None:
-                    del running[run]
-                    if process.returncode != 0 or status(run, args.out) != "finished":
-                        failures.append(f"{run.label}: exit {process.returncode}; see {logs / (run.label.replace('/', '--') + '.log')}")
-                    else:
-                        archive.save_run(args.out, run)  # committed data: a fresh checkout skips this run
-            bar.set_postfix_str(f"running: {', '.join(r.label for r in running)}")
+    class Progress(tune.Callback):
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             bar.update(done() - bar.n)
-            if out_of_time and not running:
-                break
+
+    # the run directories hold every search's state: each start is a fresh Tune experiment over the unfinished runs
+    shutil.rmtree(args.out / "tune", ignore_errors=True)
+    budget_s = None if args.stop_after is None else 60 * args.stop_after
+    try:
+        results = fit_cells(
+            "searches", args.out / "tune", cells, max_concurrent=args.jobs, callbacks=[Progress()], time_budget_s=budget_s, verbose=0
+        )
     finally:
-        for process in running.values():  # a stopped benchmark: the searches checkpoint and stop (SIGTERM)
-            os.killpg(process.pid, signal.SIGTERM)
-        for process in running.values():
-            process.wait()
-        signal.signal(signal.SIGTERM, previous)
+        bar.update(done() - bar.n)
         bar.close()
+    try:
+        raise_failed_trials("bench.galen", "searches", results, lambda r: ((r.config or {}).get("cell") or {}).get("name", "?"))
+        failures = []
+    except TrialsFailedError as error:
+        failures = [line.strip() for line in str(error).splitlines()[1:]]
+    for run in todo:
+        if status(run, args.out) == "finished":
+            archive.save_run(args.out, run)  # committed data: a fresh checkout skips this run
     return failures
+
+
+def _file_label(run: Run) -> str:
+    return run.label.replace("/", "--")
 
 
 # --- phase 3: scoring and final measurements --------------------------------------------------------

@@ -7,6 +7,12 @@ latency cache, gives it the fixed fine-tune (``--finetune-steps`` SGD steps, bat
 simulated quantization; the same as ``bench.search.fidelity``) and writes ``bench/results/search.json``
 and the benchmark's section of ``bench/README.md``.
 
+``--results methods`` (``make bench-methods``) writes the comparison of every search method of issue 24 instead
+(``bench/results/methods.json``, the README's methods section): the presets of ``PRESETS`` (SAC, PPO, random, TPE,
+GP-BO, NSGA-II, the two-stage search, random search screened by the accuracy predictor, SAC with block removal, the
+best uniform policy), with
+the episodes and wall time each needed to reach 95% of its final best. Runs both benchmarks share are run once.
+
 Each method plays the same number of episodes; SAC's best counts only the episodes its agent
 played (the uniform safety net every search ends with, and the deterministic read-out, are
 reported apart). Run directories live under ``bench/search/runs/`` (not committed); each finished
@@ -34,8 +40,23 @@ from experiments import rundir
 
 ROOT = Path(__file__).parent
 REPO = ROOT.parent.parent
-RESULTS = REPO / "bench" / "results" / "search.json"
+RESULTS = REPO / "bench" / "results" / "search.json"  # --results methods: methods.json
+TITLES = {"search": "## Search quality (issue 20)", "methods": "## Search methods compared (issue 24)"}
 METHODS = ("sac", "random", "tpe", "uniform")
+# every method either benchmark runs: its label (in run names, search.json/methods.json and the README) -> the search
+# config's changes; the label is the agent's algo (what its episodes' source says) unless the preset sets another
+PRESETS: dict[str, dict[str, Any]] = {
+    "sac": {},
+    "ppo": {"agent.algo": "ppo"},
+    "random": {},
+    "tpe": {},
+    "uniform": {},
+    "gp-bo": {},
+    "nsga2": {},
+    "two-stage": {"agent.algo": "sac", "env.kind": "two-stage"},  # DRL two-stage: prune at 8 bits, then precisions (SAC)
+    "random-apq": {"agent.algo": "random", "agent.screen": 8},  # random search screened by the accuracy predictor
+    "sac-drop": {"agent.algo": "sac", "env.block_drop": True},  # SAC joint with N2N-style block removal
+}
 SLOW_WAITS = 18  # final re-measure: at most 3 minutes waiting for the machine to leave its slow state
 WALL_MODES = ("paced", "relative", "clamp")
 
@@ -43,7 +64,14 @@ WALL_MODES = ("paced", "relative", "clamp")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default="resnet20:0.5", help="model:budget[,budget...][;model:...] (default: resnet20:0.5)")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(METHODS), help=f"methods (default: {','.join(METHODS)}; all: {','.join(PRESETS)})")
+    p.add_argument(
+        "--results",
+        choices=("search", "methods"),
+        default="search",
+        help="search: bench/results/search.json and the README's search section (issue 20's aims); methods: methods.json and "
+        "the methods section (issue 24's comparison); the runs are shared",
+    )
     p.add_argument(
         "--wall-modes", default="paced", help="wall modes of the searches (paced, relative, clamp; uniform plays without the wall)"
     )
@@ -65,7 +93,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only")
     p.add_argument("--stop-after", type=float, default=None, help="minutes: start no new search after this long")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = [m for m in args.methods.split(",") if m not in PRESETS]
+    if unknown:
+        p.error(f"--methods: unknown method {unknown[0]!r}; allowed: {', '.join(PRESETS)}")
+    return args
+
+
+def algo_of(method: str) -> str:
+    """The agent algo of a benchmark method (the source its searched episodes record)."""
+    return PRESETS.get(method, {}).get("agent.algo", method)
 
 
 def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -127,8 +164,10 @@ def base_checkpoint(model: str) -> str:
 
 
 def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
+    from experiments.config import merge
+
     name = run_name(run)
-    return {
+    config = {
         "name": name,
         "run_dir": str(ROOT / "runs" / name),
         "episodes": episodes,
@@ -145,6 +184,7 @@ def config_for(run: dict[str, Any], episodes: int) -> dict[str, Any]:
         },  # fmt: skip
         "agent": {"algo": run["method"], "uniform_steps": 21},
     }
+    return merge(config, PRESETS.get(run["method"], {}))
 
 
 def archive(run: dict[str, Any]) -> Path:
@@ -222,6 +262,14 @@ def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def reach_metrics(records: list[dict[str, Any]], budget: float) -> dict[str, Any]:
+    """Episodes and wall seconds until the method's best within budget first reached 95% of its final value."""
+    from experiments.analysis import reach
+
+    reached = reach(records, budget)
+    return {"reach_episodes": reached[0] if reached else None, "reach_seconds": reached[1] if reached else None}
+
+
 def final_measure(
     model: str, budget: float, record: dict[str, Any], finetune_steps: int, cache: dict[str, Any], round_to: int = 8
 ) -> dict[str, Any]:
@@ -270,7 +318,7 @@ def final_measure(
 
 def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """search.json, the plot and the README section from the archived runs (re-measure and fine-tune what is new)."""
-    from agents.recorder import dumps, write_atomic
+    from envs.jsonio import dumps, write_atomic
 
     final_path = ROOT / "data" / "final.json"
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
@@ -287,8 +335,10 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
             continue
         header, records = loaded
         model, budget, method = run["model"], f"{run['budget']:.2f}", method_key(run)
-        metrics = run_metrics(run["method"], records)
+        metrics = run_metrics(algo_of(run["method"]), records)
         metrics["wall_seconds_per_episode"] = wall_seconds_per_episode(records, header["state"].get("seconds"))
+        own = [r for r in records if r["source"] == algo_of(run["method"])]
+        metrics.update(reach_metrics(own, run["budget"]))
         cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
         best = metrics.pop("best")
         if best is not None:
@@ -303,7 +353,6 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
                 cpu=final["cpu"],
             )
         cell["seeds"].append({"seed": run["seed"], **metrics})
-        own = [r for r in records if r["source"] == run["method"]]
         curves.setdefault((model, budget), {}).setdefault(method, []).append(best_so_far(own))
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
@@ -311,8 +360,8 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         for methods in budgets.values():
             for cell in methods.values():
                 aggregate(cell)
-    write_atomic(RESULTS, json.dumps(out, indent=1) + "\n")
-    plots = plot(curves, out)
+    write_atomic(RESULTS.with_name(f"{args.results}.json"), json.dumps(out, indent=1) + "\n")
+    plots = plot(curves, out, args.results)
     write_readme(out, plots, args)
     return out
 
@@ -341,7 +390,7 @@ def aggregate(cell: dict[str, Any]) -> None:
     cell["predictor_mape"] = statistics.mean(mapes) if mapes else None
 
 
-def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[str, Any]) -> list[str]:
+def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[str, Any], prefix: str = "search") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,7 +418,7 @@ def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[
         ax.set_title(f"{model}, latency budget {float(budget):.0%} (local-cpu)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = REPO / "bench" / "results" / f"search-{model}-b{round(100 * float(budget))}.png"
+        path = REPO / "bench" / "results" / f"{prefix}-{model}-b{round(100 * float(budget))}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(str(path.relative_to(REPO)))
@@ -384,19 +433,20 @@ def _fmt(values: list[float]) -> str:
 
 
 def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace) -> None:
-    lines = ["<!-- search:begin -->", "## Search quality (issue 20)", ""]
+    name = args.results
+    lines = [f"<!-- {name}:begin -->", TITLES[name], ""]
     cells = [x for m, b in out.items() if m != "proxy_kendall_tau" for c in b.values() for x in c.values()]
     cpus = {s.get("cpu") for x in cells for s in x["seeds"]}
     lines.append(
         f"`python -m bench.search` ({args.episodes} episodes per run, fixed fine-tune {args.finetune_steps} steps; "
-        f"CPU: {', '.join(sorted(c for c in cpus if c))}). Raw data: `bench/results/search.json`; episodes: `bench/search/data/`."
+        f"CPU: {', '.join(sorted(c for c in cpus if c))}). Raw data: `bench/results/{name}.json`; episodes: `bench/search/data/`."
     )
     lines.append("")
     lines.append(
         "| model | budget | method | seeds | within budget (strict / +3%) | best val. acc. | after fine-tune | "
-        "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode | CPU |"
+        "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode | episodes (s) to 95% of best | CPU |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
             continue
@@ -410,31 +460,39 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 lines.append(
                     f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | {rates} | {accuracies} | "
                     f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} | {c['seconds_per_episode'] or 0:.1f} | "
-                    f"{_short_cpu(c)} |"
+                    f"{_reach(c)} | {_short_cpu(c)} |"
                 )
     lines.append("")
     fidelity_path = REPO / "bench" / "results" / "fidelity.json"
-    fidelity = json.loads(fidelity_path.read_text()) if fidelity_path.exists() else {}
+    fidelity = json.loads(fidelity_path.read_text()) if fidelity_path.exists() and name == "search" else {}
     for model, summary in fidelity.items():
         for f in [summary, *summary.get("other_settings", [])]:
             lines.append(f"Proxy fidelity, {model} (`python -m bench.search.fidelity`): {fidelity_line(f)}")
     used = distill_steps(args)
-    lines.append(
-        "The searches' per-episode proxy: "
-        + ", ".join(f"{m} {used.get(m, 0)} distillation steps" for m in fidelity)
-        + " (the cheapest that ranks policies; ResNet-20's 0 steps reach tau 0.66)."
-    )
-    lines += ["", *[f"![{p}](results/{Path(p).name})" for p in plots], "", "<!-- search:end -->"]
+    if fidelity:
+        lines.append(
+            "The searches' per-episode proxy: "
+            + ", ".join(f"{m} {used.get(m, 0)} distillation steps" for m in fidelity)
+            + " (the cheapest that ranks policies; ResNet-20's 0 steps reach tau 0.66)."
+        )
+    lines += ["", *[f"![{p}](results/{Path(p).name})" for p in plots], "", f"<!-- {name}:end -->"]
     readme = REPO / "bench" / "README.md"
     text = readme.read_text()
     section = "\n".join(lines)
-    if "<!-- search:begin -->" in text:
-        head, _, rest = text.partition("<!-- search:begin -->")
-        _, _, tail = rest.partition("<!-- search:end -->")
+    if f"<!-- {name}:begin -->" in text:
+        head, _, rest = text.partition(f"<!-- {name}:begin -->")
+        _, _, tail = rest.partition(f"<!-- {name}:end -->")
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     readme.write_text(text)
+
+
+def _reach(cell: dict[str, Any]) -> str:
+    pairs = [(s["reach_episodes"], s["reach_seconds"]) for s in cell["seeds"] if s.get("reach_episodes") is not None]
+    if not pairs:
+        return ""
+    return f"{statistics.mean(e for e, _ in pairs):.0f} ({statistics.mean(t for _, t in pairs):.0f})"
 
 
 def _short_cpu(cell: dict[str, Any]) -> str:

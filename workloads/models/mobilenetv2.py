@@ -43,6 +43,10 @@ class InvertedResidual(nn.Module):
         out = self.block(x)
         return x + out if self.use_residual else out
 
+    def skip(self) -> nn.Module | None:
+        """What stands in for the block when it is dropped (compression.blocks): the identity shortcut, if it has one."""
+        return nn.Identity() if self.use_residual else None
+
 
 class MobileNetV2(nn.Module):
     """MobileNetV2 for small images; `width_mult` scales every layer's channels."""

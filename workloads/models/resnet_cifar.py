@@ -35,6 +35,11 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
+    def skip(self) -> nn.Module | None:
+        """What stands in for the block when it is dropped (compression.blocks): its identity shortcut, exact because
+        every block's input comes out of a ReLU (the stem's or the previous block's); None with a projection shortcut."""
+        return nn.Identity() if isinstance(self.shortcut, nn.Identity) else None
+
 
 class CifarResNet(nn.Module):
     """ResNet for 32x32 inputs: a 3x3 stem, stages of BasicBlocks, global average pooling, a linear head."""
