@@ -144,7 +144,7 @@ def test_a_final_timing_taken_while_the_machine_runs_slow_is_taken_again(monkeyp
                 return lowest_ratio(readings)
 
         ctx = SimpleNamespace(client=Client(), reference=b"ref", reference_ms=2.1)
-        return SimpleNamespace(ctx=ctx, config=SimpleNamespace(objective="latency"))
+        return SimpleNamespace(ctx=ctx, config=SimpleNamespace(objective="latency", measured_objective=True))
 
     env = env_with([_timing(2.96, 0.567), _timing(2.8, 0.55), _timing(2.1, 0.415)])
     assert results.measure_final(env, b"artifact").ratio == 0.415

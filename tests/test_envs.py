@@ -310,7 +310,11 @@ def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict
             EnvConfigError,
             r"^env config: field 'reward' is 'best'; allowed: accuracy, galen, constrained-soft, constrained-hard, amc$",
         ),
-        ({"budget": 3}, EnvConfigError, r"^env config: unknown field 'budget'; allowed fields: base_epochs, base_policy, block_drop, bn_batches, "),
+        (
+            {"budget": 3},
+            EnvConfigError,
+            r"^env config: unknown field 'budget'; allowed fields: base_epochs, base_policy, block_drop, bn_batches, ",
+        ),
         ({"checkpoint": "/nonexistent/ckpt"}, CheckpointError, r"field 'checkpoint' is '/nonexistent/ckpt', which has no meta.json"),
         (
             {"checkpoint": None, "base_epochs": 77},

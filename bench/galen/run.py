@@ -122,8 +122,8 @@ def run_searches(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
     """Run (or resume) every unfinished search as one trial of a Tune experiment (``experiments.study``), ``args.jobs``
     at a time; archive each that finished; returns the failures."""
     import shutil
+    import threading
 
-    from ray import tune
     from tqdm import tqdm
 
     from experiments.config import SearchConfig
@@ -145,19 +145,22 @@ def run_searches(args: argparse.Namespace, base: dict[str, Any]) -> list[str]:
     total = len(args.runs) * args.episodes
     done = lambda: sum(min(_episodes_done(r, args.out), args.episodes) for r in args.runs)  # noqa: E731
     bar = tqdm(total=total, initial=done(), unit="ep", desc=f"searches ({len(todo)} of {len(args.runs)} to run)", dynamic_ncols=True)
+    stop = threading.Event()
 
-    class Progress(tune.Callback):
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+    def follow() -> None:  # the bar follows the run directories' episode logs (Tune pickles its callbacks: no bar in one)
+        while not stop.wait(5):
             bar.update(done() - bar.n)
 
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
     # the run directories hold every search's state: each start is a fresh Tune experiment over the unfinished runs
     shutil.rmtree(args.out / "tune", ignore_errors=True)
     budget_s = None if args.stop_after is None else 60 * args.stop_after
     try:
-        results = fit_cells(
-            "searches", args.out / "tune", cells, max_concurrent=args.jobs, callbacks=[Progress()], time_budget_s=budget_s, verbose=0
-        )
+        results = fit_cells("searches", args.out / "tune", cells, max_concurrent=args.jobs, time_budget_s=budget_s, verbose=0)
     finally:
+        stop.set()
+        follower.join()
         bar.update(done() - bar.n)
         bar.close()
     try:
