@@ -238,6 +238,21 @@ def test_ray_job_submit_on_a_local_head(tmp_path, trained_resnet20) -> None:
         assert {r["source"] for r in records[3:]} <= {"uniform-safety"}  # the safety net follows the search
         assert json.loads((run_dir / "state.json").read_text())["status"] == "finished"
         assert (run_dir / "summary.json").exists() and (run_dir / "report" / "pareto.png").exists()
+        # a study submitted the same way: its trials on the head's Ray, its run directories in its storage
+        study = tmp_path / "study.yaml"
+        study.write_text(
+            yaml.safe_dump(
+                {"name": "js", "storage": str(tmp_path / "studies"), "search": str(config), "grid": {"seed": [0]}, "finetune_steps": 0}
+                | {"set": {"episodes": 2, "env.objective": "macs", "env.target_ratio": 0.7}}
+            )
+        )
+        out = subprocess.run(
+            submit + ["python", "-m", "experiments.study", "--config", str(study)], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert out.returncode == 0 and "succeeded" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+        cell = tmp_path / "studies" / "js" / "runs" / "seed-0"
+        assert [r["episode"] for r in read_episodes(cell) if r["source"] == "random"] == [0, 1]
+        assert (tmp_path / "studies" / "js" / "report" / "study.md").exists()
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # ray start --block stops the processes it started; never `ray stop`
         try:
