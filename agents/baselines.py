@@ -20,7 +20,11 @@
   other models: four contiguous segments), so that a few dozen samples suffice.
 
 ``nsga2`` and ``gp-bo`` run through Optuna's ask/tell; a resumed run adds its recorded episodes to the
-study as finished trials first.
+study as finished trials first. ``random`` with ``agent.screen`` N > 1 screens N candidates per episode with the
+online accuracy predictor (``agents.accuracy``) and plays the one it ranks first.
+
+Every baseline is a :class:`Searcher` (``ask``/``tell``), registered by name in ``agents.config.METHODS``;
+:func:`run_baseline` plays any of them.
 
 Each episode is one policy vector played through the env (one action per decision); the env's
 final ``info`` is recorded with the actions that produced it.
