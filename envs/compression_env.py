@@ -222,11 +222,11 @@ class CompressionEnv(gym.Env):
             precision = self.precisions[min(int(float(action[-1]) * n), n - 1)]
         return Option(keep, precision)
 
-    def _encode(self, option: Option, requested: np.ndarray) -> np.ndarray:
+    def _encode(self, unit: str, option: Option, requested: np.ndarray) -> np.ndarray:
         """The action that selects ``option`` (the dimensions a unit does not use keep the requested value)."""
         action = requested.copy()
         if option.keep is not None:
-            band = self._drop_band(self.units[self._t]) if self._t < len(self.units) else 0.0
+            band = self._drop_band(unit)
             if option.keep == 0.0:
                 action[0] = band / 2
             else:
@@ -261,10 +261,10 @@ class CompressionEnv(gym.Env):
             return requested, action
 
         def distance(option: Option) -> float:
-            return float(np.abs(self._encode(option, action) - action).sum())
+            return float(np.abs(self._encode(unit, option, action) - action).sum())
 
         chosen = min(allowed, key=distance)
-        return chosen, self._encode(chosen, action)
+        return chosen, self._encode(unit, chosen, action)
 
     @staticmethod
     def _relative(allowed: list[Option], action: np.ndarray) -> Option:

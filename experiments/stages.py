@@ -13,6 +13,7 @@ there beat it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -36,7 +37,7 @@ def stage_config(config: SearchConfig, stage: int, base_policy: str | None = Non
     folder, kind = STAGES[stage - 1]
     first = config.episodes // 2
     if stage == 1:
-        layers = EnvContext.get(dataclass_replace(config.env, kind="prune")).structure.layer_names
+        layers = EnvContext.get(dataclasses.replace(config.env, kind="prune")).structure.layer_names
         base_policy = CompressionPolicy(precision={name: Precision(STAGE_BITS, STAGE_BITS) for name in layers}).to_json()
     changes = {
         "name": f"{config.name}-{folder}",
@@ -45,12 +46,6 @@ def stage_config(config: SearchConfig, stage: int, base_policy: str | None = Non
         "env": {"kind": kind, "base_policy": base_policy},
     }
     return SearchConfig.from_dict(merge(config.to_dict(), changes))
-
-
-def dataclass_replace(env: Any, **changes: Any) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(env, **changes)
 
 
 def stage_one_env(config: SearchConfig) -> Any:
