@@ -26,8 +26,9 @@ def dumps(value: Any, **kwargs: Any) -> str:
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """``text`` to ``path`` via a fsync'd temporary file and a rename (atomic on POSIX)."""
+    """``text`` to ``path`` via a fsync'd temporary file and a rename (atomic on POSIX); creates the folder."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         f.write(text)
