@@ -1,7 +1,7 @@
 """Benchmark: a study (``galen study``) of 2 methods x 2 seeds on ResNet-20, run with 1 and with 2 trials at once.
 
-``python -m bench.study`` writes two study configs (the same grid; ``max_concurrent`` 1 and 2) into
-``bench/study/``, runs each as ``galen study`` (a finished study is reported again, not re-run; a
+``python -m bench.study`` writes two study configs (the same grid, every cell on one base model; ``max_concurrent``
+1 and 2) into ``bench/study/``, runs each as ``galen study`` (a finished study is reported again, not re-run; a
 stopped one resumes), and records the wall time of each, the cells' results and what the second
 trial slot bought. On this 2-core machine two trials share the cores the first one used for its
 batch-norm re-estimation and scoring, so the speed-up is bounded well below 2; on a cluster each
@@ -38,11 +38,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def study_config(args: argparse.Namespace, concurrent: int) -> Path:
+def base_checkpoint() -> str:
+    """The one base model every cell compresses: ResNet-20, 5 epochs, seed 0 (trained once if the store lacks it). The
+    grid's seed is the search's; without a checkpoint a search's seed also picks its base model's, and every seed but 0
+    stopped at "no checkpoint for resnet20--fashion-mnist--...--seed1"."""
+    from workloads.base import obtain_base_model
+    from workloads.training import Recipe
+
+    return str(obtain_base_model("resnet20", "fashion-mnist", Recipe(epochs=5), 0).path)
+
+
+def study_config(args: argparse.Namespace, concurrent: int, checkpoint: str) -> Path:
     search = {
         "name": "bench-study",
         "episodes": args.episodes,
-        "workload": {"model": "resnet20", "dataset": "fashion-mnist", "base_epochs": 5},
+        "workload": {"model": "resnet20", "dataset": "fashion-mnist", "checkpoint": checkpoint},
         "env": {"kind": "joint", "target": "local-cpu", "objective": "latency", "target_ratio": args.budget, "round_to": 16},
         "agent": {"algo": "random"},
     }
@@ -83,7 +93,8 @@ def run(path: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    studies = [run(study_config(args, n)) for n in (1, 2)]
+    checkpoint = base_checkpoint()
+    studies = [run(study_config(args, n, checkpoint)) for n in (1, 2)]
     one, two = (s["wall_seconds"] for s in studies)
     out = {"environment": environment(), "args": vars(args), "studies": studies, "speedup": one / two if one and two else None}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
