@@ -1,20 +1,147 @@
-"""Shared fixtures. Every test run gets its own GALEN_HOME so no cache or checkpoint leaks between runs."""
+"""Shared fixtures. Every test run gets its own GALEN_HOME so no cache or checkpoint leaks between runs.
+
+Ray never runs inside the pytest process. A driver started there after another one had come and gone failed in CI
+only (never here): "actor cancelled before it started running" for Tune trials and RLlib env runners, `OwnerDiedError`
+for the objects the pytest driver owned; a test only passed again when it ran first. A test that calls ``ray.init``
+(or runs an entry point that does) is marked ``own_process``: the marked tests of a module run together in a fresh
+interpreter (a child pytest on the same GALEN_HOME) and report here as they did there. ``ray.init`` in the pytest
+process itself raises, naming the marker, so a new test cannot bring the failure back.
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from _pytest.reports import TestReport
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_MEASUREMENT = {"warmup": 10, "rounds": 11, "max_remeasures": 1}
 
 
+CHILD = "GALEN_TEST_CHILD"  # set in a child pytest (own_process tests): it uses its parent's GALEN_HOME and targets
+CHILD_SLACK_S = 900  # a child pytest's wall limit per test it runs (pytest-timeout stops one test at 600 s in it)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "own_process: the test starts Ray; it runs in a fresh interpreter (see conftest.py)")
+    if os.environ.get(CHILD):
+        return
+    try:
+        import ray
+    except ImportError:
+        return
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(
+            "ray.init inside the pytest process: mark the test @pytest.mark.own_process (it then runs in a fresh interpreter; "
+            "a second Ray driver in one process failed in CI, see tests/conftest.py)"
+        )
+
+    ray.init = refuse
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(CHILD):
+        return
+    for item in items:
+        if item.get_closest_marker("own_process"):
+            siblings = sum(1 for i in items if i.path == item.path and i.get_closest_marker("own_process"))
+            item.add_marker(pytest.mark.timeout(CHILD_SLACK_S * siblings))  # the first one waits for all of its module's
+
+
+_CHILD_RESULTS: dict[str, tuple[str, float, str]] = {}
+
+
+def _run_child(item: pytest.Item) -> None:
+    """Run ``item`` and the other own_process tests of its module (not yet run) in one child pytest; store each outcome."""
+    group = [
+        i for i in item.session.items if i.path == item.path and i.get_closest_marker("own_process") and i.nodeid not in _CHILD_RESULTS
+    ]
+    base = Path(tempfile.mkdtemp(prefix=f"child-{item.path.stem}-", dir=item.config._tmp_path_factory.getbasetemp()))
+    junit = base / "junit.xml"
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        *(i.nodeid for i in group),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=-ra --strict-markers",
+    ]
+    command += [f"--basetemp={base / 'tmp'}", f"--junitxml={junit}"]
+    try:
+        out = subprocess.run(
+            command,
+            cwd=item.config.rootpath,
+            env={**os.environ, CHILD: "1"},
+            capture_output=True,
+            text=True,
+            timeout=CHILD_SLACK_S * len(group),
+        )
+        log = f"child pytest (exit {out.returncode}): {' '.join(command[3:])}\n{out.stdout[-6000:]}\n{out.stderr[-4000:]}"
+    except subprocess.TimeoutExpired as e:
+        log = f"child pytest ran past {e.timeout} s: {' '.join(command[3:])}\n{(e.stdout or b'')[-12000:]!r}"
+    cases = {}
+    if junit.is_file():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            cases[case.get("name")] = case
+    for i in group:
+        case = cases.get(i.name)
+        if case is None:
+            _CHILD_RESULTS[i.nodeid] = ("failed", 0.0, f"the child pytest did not report {i.nodeid}\n{log}")
+            continue
+        bad = [e for e in case if e.tag in ("failure", "error")]
+        skipped = case.find("skipped")
+        text = "\n".join((e.get("message") or "") + "\n" + (e.text or "") for e in bad)
+        outcome = "failed" if bad else "skipped" if skipped is not None else "passed"
+        if outcome == "skipped":
+            text = skipped.get("message") or "skipped"
+        _CHILD_RESULTS[i.nodeid] = (outcome, float(case.get("time") or 0.0), text + ("\n" + log if bad else ""))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+    if os.environ.get(CHILD) or item.get_closest_marker("own_process") is None:
+        return None
+    if item.nodeid not in _CHILD_RESULTS:
+        _run_child(item)
+    outcome, duration, text = _CHILD_RESULTS[item.nodeid]
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    keywords = {k: 1 for k in item.keywords}
+    for when in ("setup", "call", "teardown"):
+        this, longrepr, seconds = "passed", None, 0.0
+        if when == "call":
+            this, seconds = outcome, duration
+            longrepr = (str(item.path), item.location[1], text) if outcome == "skipped" else text if outcome == "failed" else None
+        if when == "setup" and outcome == "skipped":
+            continue
+        if when == "teardown":  # what the normal protocol's teardown does: the fixtures the next test does not share
+            try:
+                item.session._setupstate.teardown_exact(nextitem)
+            except Exception as error:  # a module or session fixture's teardown failed: reported as a teardown error
+                this, longrepr = "failed", f"teardown before {nextitem.nodeid if nextitem else 'the end'}: {error!r}"
+        report = TestReport(item.nodeid, item.location, keywords, this, longrepr, when, [], duration=seconds)
+        item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory):
+    if os.environ.get(CHILD) and os.environ.get("GALEN_HOME"):  # a child pytest: its parent's home, targets and cache
+        torch.set_num_threads(2)
+        yield Path(os.environ["GALEN_HOME"])
+        return
     home = tmp_path_factory.mktemp("galen_home")
     old = os.environ.get("GALEN_HOME")
     os.environ["GALEN_HOME"] = str(home)

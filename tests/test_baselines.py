@@ -170,6 +170,7 @@ def test_the_safety_net_times_afresh_a_cached_reading_over_budget_before_it_deci
     assert info["within_budget"]
 
 
+@pytest.mark.own_process  # starts Ray: a fresh interpreter (tests/conftest.py)
 def test_a_two_stage_search_prunes_at_8_bits_then_chooses_precisions_of_the_best_pruned_model(trained_resnet20, tmp_path) -> None:
     from experiments.config import SearchConfig
     from experiments.search import main

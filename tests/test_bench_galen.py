@@ -69,6 +69,7 @@ def test_peak_throughput_and_floor() -> None:
     assert floor_ms(0, peak["int8"]["macs_per_s"] / 1e3, peak) == pytest.approx(1.0)
 
 
+@pytest.mark.own_process  # starts Ray: a fresh interpreter (tests/conftest.py)
 def test_tiny_benchmark_end_to_end(tmp_path, trained_resnet20, monkeypatch) -> None:
     import ray
 

@@ -10,6 +10,7 @@ import pytest
 from envs import PruneEnv
 
 
+@pytest.mark.own_process  # starts Ray: a fresh interpreter (tests/conftest.py)
 def test_rllib_remote_env_runner_completes_episodes(trained_resnet20) -> None:
     ray = pytest.importorskip("ray")
     from ray.rllib.algorithms.ppo import PPOConfig

@@ -27,6 +27,8 @@ from tests.ray_env import ray_temp_dir
 from tests.test_search_runs import REPO, write_config
 from workloads.models import build_model
 
+pytestmark = pytest.mark.own_process  # a Ray driver in the test process: a fresh interpreter (tests/conftest.py)
+
 FAST = {"warmup": 2, "rounds": 3, "runs_per_round": 10}
 
 

@@ -137,6 +137,7 @@ def test_the_users_preprocessing_is_what_the_model_is_scored_with(tmp_path: Path
     assert unpadded.reference_accuracy != own.reference_accuracy
 
 
+@pytest.mark.own_process  # starts Ray: a fresh interpreter (tests/conftest.py)
 def test_galen_compress_from_user_weights_to_an_artifact_and_a_rerun_continues(tmp_path: Path, fmnist, capsys) -> None:
     weights = _weights(tmp_path, "ShuffleNet")
     config = tmp_path / "small.yaml"
