@@ -1,5 +1,5 @@
-"""``galen study``: a grid of searches as one Tune experiment (config validation, two concurrent cells on a multi-node
-cluster with W&B offline and the report, SIGTERM and ``--resume``)."""
+"""``galen study``: a grid of searches as one Tune experiment (config validation; two concurrent cells on a multi-node
+cluster with W&B offline, stopped with SIGTERM, resumed, and the report)."""
 
 from __future__ import annotations
 
@@ -62,75 +62,60 @@ def test_a_study_config_is_checked_cell_by_cell_before_anything_runs(tmp_path) -
             StudyConfig.from_dict(data)
 
 
-def test_two_concurrent_cells_on_a_multi_node_cluster_finish_and_report(tmp_path, trained_resnet20) -> None:
-    search = _search(tmp_path, trained_resnet20.path, 3)
+def test_two_concurrent_cells_on_a_multi_node_cluster_stopped_with_sigterm_resume_finish_and_report(tmp_path, trained_resnet20) -> None:
+    # one study for both: concurrency on a cluster, and a stop in the middle (the two were separate tests, 190 s together)
+    episodes = 6
+    search = _search(tmp_path, trained_resnet20.path, episodes)
     config = _study(tmp_path, search, {"agent.algo": ["random", "tpe"]}, max_concurrent=2, wandb={"project": "galen-test"})
+    root = tmp_path / "studies" / "st"
+    first = root / "runs" / "algo-random"
+    command = [sys.executable, "-m", "experiments.study", "--config", str(config)]
     with _three_nodes() as address:
         env = _env(WANDB_MODE="offline", RAY_ADDRESS=address, GALEN_HOME=os.environ["GALEN_HOME"])
-        command = [sys.executable, "-m", "experiments.study", "--config", str(config)]
-        out = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)  # fmt: skip
+        deadline = time.time() + 600
+        while time.time() < deadline and not (first.is_dir() and len(read_episodes(first)) >= 2):
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGTERM)  # the study's driver; its trials end with its job on the cluster
+        process.wait(timeout=120)
+        from tests.test_cluster_jobs import _settled_episodes
+
+        before = _settled_episodes(first)
+        assert 2 <= len(before) < episodes, len(before)
+        out = subprocess.run([*command, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    root = tmp_path / "studies" / "st"
+    after = read_episodes(first)
+    assert after[: len(before)] == before  # nothing written before the stop was lost or replayed
+    assert [r["episode"] for r in after] == list(range(len(after)))  # numbering continues, no duplicates
     spans = []
     for algo in ("random", "tpe"):
-        records = read_episodes(root / "runs" / f"algo-{algo}")
-        own = [r for r in records if r["source"] == algo]
-        assert len(own) == 3, [r["source"] for r in records]
+        own = [r for r in read_episodes(root / "runs" / f"algo-{algo}") if r["source"] == algo]
+        assert len(own) == episodes, (algo, [r["source"] for r in own])
         spans.append((own[0]["time"], own[-1]["time"]))
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"the cells did not run at the same time: {spans}"
     results = json.loads((root / "study.json").read_text())
     cells = {c["cell"]: c for c in results["cells"]}
     assert set(cells) == {"algo-random", "algo-tpe"}
     for cell in cells.values():
-        assert cell["status"] == "finished" and cell["episodes"] == 3
+        assert cell["status"] == "finished" and cell["episodes"] == episodes
         assert 0 < cell["best_accuracy"] <= 1 and 0 < cell["best_accuracy_after_finetune"] <= 1
         assert 0 < cell["latency_ratio_remeasured"] < 1.5 and cell["reach_95_episodes"] >= 1
     assert set(results["comparison"]["all cells"]) == {"random", "tpe"}
     md = (root / "report" / "study.md").read_text()
     assert "| random | 1 |" in md and "| tpe | 1 |" in md and (root / "report" / "setting-0.png").is_file()
-    # one W&B run per cell, named after it, with the method as its job type, grouped by the study
+    # W&B runs named after the cells, with the method as the job type, grouped by the study (the resumed trials log on)
     offline = list(root.rglob("offline-run-*"))
-    assert len(offline) == 2, sorted(str(p) for p in root.rglob("wandb"))
     data = [b"".join(f.read_bytes() for f in p.glob("*.wandb")) for p in offline]
-    for cell in ("algo-random", "algo-tpe"):  # the run's name (the cell's), with its method as the job type
-        assert sum(cell.encode() in d and cell.split("-")[1].encode() in d for d in data) == 1, cell
+    assert len(offline) >= 2 and all(any(c.encode() in d for c in ("algo-random", "algo-tpe")) for d in data), sorted(map(str, offline))
+    for cell in ("algo-random", "algo-tpe"):
+        assert any(cell.encode() in d and cell.split("-")[1].encode() in d for d in data), cell
     # the report again, from the command: measures nothing new (cached) and prints the table
     again = subprocess.run(
         [*command[:3], "report", "--config", str(config)], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0 and "# Study st" in again.stdout, again.stderr[-3000:]
-
-
-def test_a_study_stopped_with_sigterm_resumes_every_cell_where_it_stopped(tmp_path, trained_resnet20) -> None:
-    episodes = 6
-    search = _search(tmp_path, trained_resnet20.path, episodes)
-    config = _study(tmp_path, search, {"seed": [0, 1]}, finetune_steps=0)
-    command = [sys.executable, "-m", "experiments.study", "--config", str(config)]
-    process = subprocess.Popen(command, cwd=tmp_path, env=_env(WANDB_MODE="disabled"), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
-    first = tmp_path / "studies" / "st" / "runs" / "seed-0"
-    deadline = time.time() + 600
-    while time.time() < deadline and not (first.is_dir() and len(read_episodes(first)) >= 2):
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        time.sleep(0.5)
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=120)
-    from tests.test_cluster_jobs import _settled_episodes
-
-    before = _settled_episodes(first)
-    assert 2 <= len(before) < episodes, len(before)
-    again = subprocess.run(
-        [*command, "--resume"], cwd=tmp_path, env=_env(WANDB_MODE="disabled"), capture_output=True, text=True, timeout=900
-    )
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    after = read_episodes(first)
-    assert after[: len(before)] == before  # nothing written before the stop was lost or replayed
-    assert [r["episode"] for r in after] == list(range(len(after)))
-    for seed in (0, 1):
-        own = [r for r in read_episodes(tmp_path / "studies" / "st" / "runs" / f"seed-{seed}") if r["source"] == "random"]
-        assert len(own) == episodes, (seed, len(own))
-    cells = json.loads((tmp_path / "studies" / "st" / "study.json").read_text())["cells"]
-    assert [c["status"] for c in cells] == ["finished", "finished"]
     # a study that exists is not started again by mistake
     out = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "pass --resume to continue it" in out.stderr
