@@ -105,10 +105,11 @@ def test_two_concurrent_cells_on_a_multi_node_cluster_stopped_with_sigterm_resum
     assert set(results["comparison"]["all cells"]) == {"random", "tpe"}
     md = (root / "report" / "study.md").read_text()
     assert "| random | 1 |" in md and "| tpe | 1 |" in md and (root / "report" / "setting-0.png").is_file()
-    # W&B runs named after the cells, with the method as the job type, grouped by the study (the resumed trials log on)
+    # W&B runs named after the cells, with the method as the job type, grouped by the study (each trial's run before the
+    # stop and after the resume; a run killed early may not have flushed its name)
     offline = list(root.rglob("offline-run-*"))
     data = [b"".join(f.read_bytes() for f in p.glob("*.wandb")) for p in offline]
-    assert len(offline) >= 2 and all(any(c.encode() in d for c in ("algo-random", "algo-tpe")) for d in data), sorted(map(str, offline))
+    assert len(offline) >= 2, sorted(map(str, offline))
     for cell in ("algo-random", "algo-tpe"):
         assert any(cell.encode() in d and cell.split("-")[1].encode() in d for d in data), cell
     # the report again, from the command: measures nothing new (cached) and prints the table
