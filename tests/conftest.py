@@ -10,6 +10,7 @@ process itself raises, naming the marker, so a new test cannot bring the failure
 
 from __future__ import annotations
 
+import collections
 import os
 import subprocess
 import sys
@@ -20,7 +21,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _pytest.reports import TestReport
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_MEASUREMENT = {"warmup": 10, "rounds": 11, "max_remeasures": 1}
@@ -51,10 +51,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get(CHILD):
         return
-    for item in items:
-        if item.get_closest_marker("own_process"):
-            siblings = sum(1 for i in items if i.path == item.path and i.get_closest_marker("own_process"))
-            item.add_marker(pytest.mark.timeout(CHILD_SLACK_S * siblings))  # the first one waits for all of its module's
+    marked = [item for item in items if item.get_closest_marker("own_process")]
+    per_module = collections.Counter(item.path for item in marked)
+    for item in marked:  # the first one waits for all of its module's
+        item.add_marker(pytest.mark.timeout(CHILD_SLACK_S * per_module[item.path]))
 
 
 _CHILD_RESULTS: dict[str, tuple[str, float, str]] = {}
@@ -130,7 +130,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
                 item.session._setupstate.teardown_exact(nextitem)
             except Exception as error:  # a module or session fixture's teardown failed: reported as a teardown error
                 this, longrepr = "failed", f"teardown before {nextitem.nodeid if nextitem else 'the end'}: {error!r}"
-        report = TestReport(item.nodeid, item.location, keywords, this, longrepr, when, [], duration=seconds)
+        report = pytest.TestReport(item.nodeid, item.location, keywords, this, longrepr, when, [], duration=seconds)
         item.ihook.pytest_runtest_logreport(report=report)
     item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
     return True

@@ -168,21 +168,8 @@ class _Target(gym.Env):
         return np.ones(2, np.float32), reward, True, False, {"applied_action": np.array([a], np.float32), "reward": reward}
 
 
+@pytest.mark.own_process  # starts Ray: a fresh interpreter (tests/conftest.py)
 def test_the_warmup_burst_trains_the_actor_before_it_plays_and_the_buffer_shares_one_reward_baseline() -> None:
-    # In a fresh interpreter: after an in-process SAC and ray.shutdown(), the next ray.init in the same process could not
-    # start RLlib's env runners (CI: "actor cancelled before it started running" in test_envs_rllib and test_hardware_ray).
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    tests = Path(__file__).resolve().parent
-    code = f"import sys; sys.path[:0] = [{str(tests)!r}, {str(tests.parent)!r}]; import test_agents_sac; test_agents_sac._burst_check()"
-    done = subprocess.run([sys.executable, "-c", code], cwd=tests.parent, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "burst ok" in done.stdout, done.stdout[-2000:]
-
-
-def _burst_check() -> None:
     import tempfile
     import warnings
 
@@ -221,7 +208,6 @@ def _burst_check() -> None:
             assert learn_burst(algo, 100) == 100
             after = np.abs(act() - 0.3).mean()  # the env runner's module got the learner's weights
             assert after < 0.1 < before, (before, after)
-            print(f"burst ok: {before:.3f} -> {after:.3f}")
         finally:
             algo.stop()
     finally:
