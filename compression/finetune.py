@@ -79,7 +79,11 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
-    """Fine-tune ``model`` in place: ``epochs`` with a cosine schedule, or only ``steps`` batches (short recovery)."""
+    """Fine-tune ``model`` in place: ``epochs`` with a cosine schedule, or only ``steps`` batches (short recovery).
+
+    The validation split is scored after each epoch only with ``progress`` (its log line is the only reader): an
+    episode's recovery and the fixed fine-tune score their own images, and the 5,000 validation images took 2.4 s of a
+    5-step ResNet-20 recovery's 4.4 s."""
     recipe = Recipe(
         epochs=1 if steps else epochs,
         batch_size=batch_size,
@@ -100,4 +104,5 @@ def finetune(
         )
 
     loss_fn = distillation_loss(teacher) if teacher is not None else None
-    return train_model(model, data, recipe, seed, progress=progress, loss_fn=loss_fn, on_epoch=report if progress else None)
+    on_epoch = report if progress else None
+    return train_model(model, data, recipe, seed, progress=progress, loss_fn=loss_fn, on_epoch=on_epoch, validate=progress)

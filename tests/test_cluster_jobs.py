@@ -70,6 +70,12 @@ print(json.dumps([{k: a[k] for k in fields} for a in actors().values() if a["Nam
 """
 
 
+def _span(records: list[dict]) -> tuple[float, float]:
+    """When a run's episodes began and ended. A record's time is when its episode ended, so the run began at least its
+    first episode's build and timing earlier (ASHA may stop a trial after one episode: its first record is its last)."""
+    return records[0]["time"] - sum(records[0]["seconds"].values()), records[-1]["time"]
+
+
 def test_two_concurrent_sweep_trials_on_a_multi_node_cluster_with_asha_and_wandb_offline(tmp_path, trained_resnet20) -> None:
     agent = {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}
     config = write_config(tmp_path, trained_resnet20.path, "trial", agent, episodes=3)
@@ -109,7 +115,7 @@ def test_two_concurrent_sweep_trials_on_a_multi_node_cluster_with_asha_and_wandb
     for trial in trials:
         records = read_episodes(trial / "run")
         assert len(records) >= 1
-        spans.append((records[0]["time"], records[-1]["time"]))
+        spans.append(_span(records))
         agent_config = yaml.safe_load((trial / "run" / "config.yaml").read_text())["agent"]  # the trial's own snapshot
         sampled.append((agent_config["lr"], agent_config["gamma"]))
         assert 1e-4 <= agent_config["lr"] <= 3e-3 and 0.9 <= agent_config["gamma"] <= 1.0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -376,6 +379,19 @@ def test_sensitivity_is_computed_once_and_then_read_from_its_cache(config: dict,
 
     monkeypatch.setattr(sensitivity, "compute_sensitivity", recompute)
     assert sensitivity.cached_sensitivity(tmp_path, *args) == first  # a new process (env runner, resumed run) reads it back
+
+    # callers that need a key at the same time (a study's cells starting together) compute it once, the others wait
+    calls = []
+
+    def slow(*a, **k):
+        calls.append(threading.get_ident())
+        time.sleep(0.5)
+        return first
+
+    monkeypatch.setattr(sensitivity, "compute_sensitivity", slow)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:  # each call opens the lock file itself, as processes do
+        results = list(pool.map(lambda _: sensitivity.cached_sensitivity(tmp_path / "together", *args), range(3)))
+    assert len(calls) == 1 and results == [first] * 3
 
 
 def test_a_base_model_trains_on_every_core_and_the_search_keeps_its_one_thread() -> None:

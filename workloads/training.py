@@ -111,14 +111,15 @@ def train_model(
     progress: bool = True,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     loss_fn: LossFn | None = None,
+    validate: bool = True,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data.train`` and validate on ``data.val`` after every epoch."""
+    """Train ``model`` in place on ``data.train`` and (``validate``) validate on ``data.val`` after every epoch."""
     loader = data.loader(
         "train", recipe.batch_size, shuffle=True, augment=recipe.augment, seed=seed, limit=recipe.train_limit, drop_last=True
     )
     if len(loader) == 0:
         raise ValueError(f"training split has fewer images than one batch of {recipe.batch_size}")
-    val_loader = data.loader("val", 512) if len(data.val) else None
+    val_loader = data.loader("val", 512) if validate and len(data.val) else None
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay, nesterov=True)
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     objective = loss_fn or (lambda logits, _x, y: criterion(logits, y))
