@@ -34,7 +34,7 @@ WHERE = "search config"
 WORKLOAD_FIELDS = ("model", "dataset", "data_dir", "checkpoint", "weights", *PREPROCESSING_FIELDS, "base_epochs", "train_base")
 ENV_FIELDS = tuple(f.name for f in dataclasses.fields(EnvConfig) if f.name not in (*WORKLOAD_FIELDS, "seed"))
 WANDB_FIELDS = ("project", "entity", "mode", "group")
-TOP_FIELDS = ("name", "run_dir", "episodes", "seed", "checkpoint_every", "workload", "env", "agent", "wandb")
+TOP_FIELDS = ("name", "run_dir", "episodes", "seed", "checkpoint_every", "safety_net", "workload", "env", "agent", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -47,6 +47,7 @@ class SearchConfig:
     episodes: int = 60
     seed: int = 0
     checkpoint_every: int = 1  # training iterations between agent checkpoints
+    safety_net: bool = True  # with the wall on: the widest uniform policies within budget after the search
     env: EnvConfig = field(default_factory=EnvConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     wandb: dict[str, Any] = field(default_factory=dict)
@@ -74,6 +75,9 @@ class SearchConfig:
             raise error.reworded(WHERE, "agent.") from None
         episodes = _integer(data, "episodes", 60, 1)
         every = _integer(data, "checkpoint_every", 1, 1)
+        safety = data.get("safety_net", True)
+        if not isinstance(safety, bool):
+            raise ConfigError(WHERE, "safety_net", safety, "true or false")
         if wandb.get("mode") is not None and wandb["mode"] not in WANDB_MODES:
             raise ConfigError(WHERE, "wandb.mode", wandb["mode"], ", ".join(WANDB_MODES))
         for name in ("name", "run_dir"):
@@ -86,6 +90,7 @@ class SearchConfig:
             episodes=episodes,
             seed=seed,
             checkpoint_every=every,
+            safety_net=safety,
             env=env_config,
             agent=agent,
             wandb=wandb,
@@ -110,11 +115,17 @@ class SearchConfig:
             "episodes": self.episodes,
             "seed": self.seed,
             "checkpoint_every": self.checkpoint_every,
+            "safety_net": self.safety_net,
             "workload": {k: env[k] for k in WORKLOAD_FIELDS},
             "env": {k: env[k] for k in ENV_FIELDS},
             "agent": self.agent.to_dict(),
             "wandb": dict(self.wandb),
         }
+
+    @property
+    def safety(self) -> bool:
+        """Whether the search ends with the safety net: asked for (``safety_net``) and the wall on (``env.budget_guard``)."""
+        return self.safety_net and self.env.budget_guard
 
     def replace(self, **changes: Any) -> SearchConfig:
         return SearchConfig.from_dict(merge(self.to_dict(), changes))

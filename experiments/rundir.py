@@ -36,7 +36,7 @@ SUMMARY = "summary.json"
 REPORT = "report"
 KEEP_CHECKPOINTS = 2
 # Fields a resume may change: the episode budget (to extend a run) and where W&B logs go.
-RESUMABLE_CHANGES = ("episodes", "wandb", "checkpoint_every", "env.threads")  # env.threads: speed only
+RESUMABLE_CHANGES = ("episodes", "wandb", "checkpoint_every", "safety_net", "env.threads")  # env.threads: speed only
 
 
 class RunDirError(ValueError):

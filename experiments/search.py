@@ -189,7 +189,7 @@ def run_rl(config: SearchConfig, run: RunDir, env: Any, progress: bool, on_itera
                     save_checkpoint(algo, run, iteration, count, config.agent.algo, obs_dim, action_dim)
                 if on_iteration is not None:  # Tune (and W&B through it): the recorder's summary and RLlib's own metrics
                     on_iteration(iteration, {**summary, **rllib_metrics(result)}, run.latest_checkpoint())
-        if config.env.budget_guard and not any(r.get("source") == "uniform-safety" for r in run.episodes()):
+        if config.safety and not any(r.get("source") == "uniform-safety" for r in run.episodes()):
             play_safety_net(env, lambda info, source, extra: ray.get(recorder.record.remote(info, source, extra)))
         final = run.latest_checkpoint()
         source = f"{config.agent.algo}-deterministic"
@@ -236,8 +236,8 @@ def run_baselines(config: SearchConfig, run: RunDir, env: Any, progress: bool, o
                 run_baseline(
                     config.agent.algo, env, episode_log, config.episodes, config.seed, config.agent.uniform_steps, tick, config.agent.screen
                 )
-            safety = config.env.budget_guard and config.agent.algo != "uniform"
-            if safety and not any(r.get("source") == "uniform-safety" for r in episode_log.records):
+            played = any(r.get("source") == "uniform-safety" for r in episode_log.records)
+            if config.safety and config.agent.algo != "uniform" and not played:
                 play_safety_net(env, episode_log.record)
     finally:
         episode_log.close()

@@ -40,6 +40,7 @@ def test_demo_config_is_valid_and_matches_the_issue() -> None:
         ({"env": {"model": "resnet20"}}, "search config: unknown field 'env.model'; allowed fields: env.kind, env.target"),
         ({"agent": {"learning_rate": 1}}, "search config: unknown field 'agent.learning_rate'; allowed fields: algo, lr"),
         ({"wandb": {"mode": "cloud"}}, "search config: field 'wandb.mode' is 'cloud'; allowed: online, offline, disabled"),
+        ({"safety_net": "no"}, "search config: field 'safety_net' is 'no'; allowed: true or false"),
     ],
 )
 def test_bad_search_configs_name_the_field_and_the_allowed_values(data: dict, message: str) -> None:

@@ -26,12 +26,15 @@ from compression.policy import CompressionPolicy
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_config(tmp_path: Path, checkpoint: Path, name: str, agent: dict, episodes: int) -> Path:
+def write_config(tmp_path: Path, checkpoint: Path, name: str, agent: dict, episodes: int, safety_net: bool = False) -> Path:
+    """A small search on the test model. Without the safety net unless asked (its 8 uniform episodes took about 20 s
+    of each test that runs a search; its own tests: test_baselines.py, and the job submitted in test_cluster_jobs.py)."""
     config = {
         "name": name,
         "run_dir": str(tmp_path / name),
         "episodes": episodes,
         "seed": 0,
+        "safety_net": safety_net,
         "workload": {"model": "resnet20", "dataset": "fashion-mnist", "checkpoint": str(checkpoint)},
         "env": {"kind": "joint", "target_ratio": 0.8, "val_size": 200, "sensitivity_images": 64, "calibration_images": 64, "bn_batches": 4},
         "agent": {"hidden": [32, 32], "episodes_per_iteration": 2, **agent},
