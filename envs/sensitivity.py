@@ -98,14 +98,11 @@ def cached_sensitivity(
     # One process computes a key, the others wait for its file (a study's cells on one machine start together: two
     # trials of the benchmark's test each spent 36 s of the same 2 cores on the same analysis).
     with open(cache_dir / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.is_file():
-                stored = json.loads(path.read_text())
-                if stored.get("key") == key_data:
-                    return stored["sensitivity"]
-            result = compute_sensitivity(model, structure, images, precisions, round_to)
-            write_json(path, {"key": key_data, "sensitivity": result}, indent=None)
-            return result
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key_data:
+                return stored["sensitivity"]
+        result = compute_sensitivity(model, structure, images, precisions, round_to)
+        write_json(path, {"key": key_data, "sensitivity": result}, indent=None)
+        return result

@@ -120,6 +120,30 @@ def restore_run(out: Path, run: Run) -> bool:
     return True
 
 
+def committed_base(out: Path, model: str, recipe: Any, **options: Any) -> tuple[Any, bool]:
+    """A benchmark's base model (training seed 0): from the checkpoint store, else from the committed copy in
+    ``out/data/base/`` (a fresh machine then uses the model the committed runs used), else trained; then committed.
+    Returns it and whether it was restored. A store holding a different model under the same name (trained on another
+    machine) is named on stderr, not used silently: the committed runs' numbers are for the committed one."""
+    import sys
+
+    from workloads.base import obtain_base_model
+    from workloads.checkpoints import CheckpointKey, CheckpointStore
+
+    store = CheckpointStore()
+    restored = restore_base(out, store.path(CheckpointKey(model, "fashion-mnist", recipe, 0)))
+    base = obtain_base_model(model, "fashion-mnist", recipe, 0, store=store, **options)
+    committed = out / "data" / "base" / Path(base.path).name / "meta.json"
+    if committed.is_file() and json.loads(committed.read_text()).get("sha256") != base.meta.get("sha256"):
+        print(
+            f"warning: the stored base model {base.path} is not the one in {committed.parent} (another sha256); the "
+            "committed runs used that one: remove the stored one to use it",
+            file=sys.stderr,
+        )
+    save_base(out, Path(base.path))
+    return base, restored
+
+
 def restore_runs(out: Path, runs: list[Run]) -> list[str]:
     """Restore every planned run that has an archive and no finished run directory; their labels."""
     return [run.label for run in runs if restore_run(out, run)]

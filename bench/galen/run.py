@@ -90,14 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def base_model(args: argparse.Namespace) -> dict[str, Any]:
     """The stored base model: from the store, else from the committed copy (``data/base/``), else trained; then committed."""
-    from workloads.base import obtain_base_model
-    from workloads.checkpoints import CheckpointKey, CheckpointStore
     from workloads.training import Recipe
 
-    recipe, store = Recipe(epochs=args.base_epochs), CheckpointStore()
-    restored = archive.restore_base(args.out, store.path(CheckpointKey(args.model, "fashion-mnist", recipe, 0)))
-    base = obtain_base_model(args.model, "fashion-mnist", recipe, 0, store=store, train=True)
-    archive.save_base(args.out, Path(base.path))
+    base, restored = archive.committed_base(args.out, args.model, Recipe(epochs=args.base_epochs), train=True)
     keep = ("test_acc", "epochs", "parameters", "sha256")
     return {"path": str(base.path), "reused": base.reused, "restored": restored, **{k: base.meta.get(k) for k in keep}}
 

@@ -149,35 +149,21 @@ def run_name(run: dict[str, Any]) -> str:
 
 @functools.cache
 def base_checkpoint(model: str) -> str:
-    """The one base model every seed searches (5 epochs, training seed 0); the seeds differ in the search only.
-
-    From the checkpoint store, else from the committed copy in ``data/base/`` (a fresh machine then searches the model
-    the committed runs searched), else trained here on every core (ResNet-56: 60 min on 2 cores) and committed. A
-    store holding a different model under the same name (trained on another machine) is named, not used silently:
-    the committed runs' numbers are for the committed model."""
+    """The one base model every seed searches (5 epochs, training seed 0; the seeds differ in the search only): from
+    the store, else the committed copy in ``data/base/``, else trained here on every core (ResNet-56: 60 min on 2
+    cores) and committed (``bench.galen.archive.committed_base``)."""
     import logging
 
     import torch
 
     from bench.galen import archive
-    from workloads.base import obtain_base_model
-    from workloads.checkpoints import CheckpointKey, CheckpointStore
     from workloads.training import Recipe
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # a line per training epoch in the benchmark's log
     torch.set_num_threads(os.cpu_count() or 1)
-    recipe, store = Recipe(epochs=5), CheckpointStore()
-    if archive.restore_base(ROOT, store.path(CheckpointKey(model, "fashion-mnist", recipe, 0))):
+    base, restored = archive.committed_base(ROOT, model, Recipe(epochs=5), progress=False)
+    if restored:
         print(f"base model {model}: restored from {ROOT / 'data' / 'base'}")
-    base = obtain_base_model(model, "fashion-mnist", recipe, 0, store=store, progress=False)
-    committed = ROOT / "data" / "base" / Path(base.path).name / "meta.json"
-    if committed.is_file() and json.loads(committed.read_text()).get("sha256") != base.meta.get("sha256"):
-        print(
-            f"warning: the stored base model {base.path} is not the one in {committed.parent} (another sha256); the "
-            "committed runs searched that one: remove the stored one to use it",
-            file=sys.stderr,
-        )
-    archive.save_base(ROOT, Path(base.path))
     return str(base.path)
 
 
