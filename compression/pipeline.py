@@ -82,6 +82,28 @@ def build(compressed: Compressed, example_input: torch.Tensor, calibration: torc
     return compressed
 
 
+def policy_accuracy(compressed: Compressed, batches: Any, calibration: torch.Tensor, threads: int = 1) -> float:
+    """Top-1 accuracy of ``compressed`` at the precisions its policy asks for, over (images, labels) batches.
+
+    The artifact's (ONNX Runtime, the real int8 kernels) when it runs every layer as asked; otherwise the pruned model
+    with the policy's bits simulated in torch: CPU kernels run 2..7 bits as int8, and a layer quantized on one side only
+    in float, so the artifact would score a 4-bit policy (the size objectives') as if it were int8.
+    """
+    from compression.export import evaluate_onnx
+    from workloads.training import evaluate
+
+    if not compressed.policy.simulated_layers():
+        if compressed.artifact is None:
+            raise ValueError("the compressed model has no artifact to score; build it first")
+        return evaluate_onnx(compressed.artifact.data, batches, threads=threads)
+    simulation = compressed.simulate(calibration)
+    try:
+        with torch.no_grad():
+            return evaluate(compressed.model, batches)[1]
+    finally:
+        simulation.remove()
+
+
 def finetune_and_build(compressed: Compressed, data: Any, example_input: torch.Tensor, calibration: torch.Tensor, **options: Any) -> Any:
     """The recovery every caller runs the same way: fine-tune ``compressed.model`` with the policy's quantization
     simulated (``compression.finetune.finetune``'s ``options``: steps or epochs, lr, batch_size, teacher, seed,

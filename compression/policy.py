@@ -40,6 +40,12 @@ class Precision:
         """Both weights and activations quantized: int8 kernels on CPUs; otherwise the layer runs in float."""
         return self.weight_bits <= 8 and self.activation_bits <= 8
 
+    @property
+    def runs_as_asked(self) -> bool:
+        """What the CPU artifact runs is this precision: float, or 8-bit weights and activations (int8 kernels). Fewer
+        bits run as int8, one quantized side runs in float: their accuracy is the simulation's, not the artifact's."""
+        return not self.quantized or (self.weight_bits == 8 and self.activation_bits == 8)
+
 
 @dataclass(frozen=True)
 class CompressionPolicy:
@@ -56,6 +62,10 @@ class CompressionPolicy:
 
     def quantized_layers(self) -> list[str]:
         return [name for name, p in self.precision.items() if p.quantized]
+
+    def simulated_layers(self) -> list[str]:
+        """Layers whose precision the CPU artifact does not run as asked (``Precision.runs_as_asked``)."""
+        return [name for name, p in self.precision.items() if not p.runs_as_asked]
 
     # --- JSON ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -457,8 +457,7 @@ class CompressionEnv(gym.Env):
             compressed = self.build_compressed(policy)
             latency_ms, latency_ratio, cached, predicted_ratio = self._latency(policy, compressed, confirm=True)
         seconds_latency = time.perf_counter() - start_latency
-        artifact = compressed.artifact
-        accuracy = ctx.accuracy(artifact.data)
+        accuracy = ctx.policy_accuracy(compressed)
         c, ref = compressed.costs, ctx.reference_costs
         objective = OBJECTIVES[config.objective]
         natural = (latency_ratio, latency_ms * 1e3) if objective.measured else (objective.cost(c) / objective.cost(ref), objective.cost(c))

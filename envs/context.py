@@ -178,6 +178,13 @@ class EnvContext:
         """Top-1 accuracy of an ONNX artifact (ONNX Runtime, the real int8 kernels) on the validation subset."""
         return evaluate_onnx(artifact, self.val_batches(), threads=max(1, torch.get_num_threads()))
 
+    def policy_accuracy(self, compressed: Any) -> float:
+        """Validation accuracy of a compressed model at its policy's precisions (``compression.pipeline.policy_accuracy``:
+        the artifact's, or the simulation's where the policy asks for bits the CPU kernels do not run)."""
+        from compression.pipeline import policy_accuracy
+
+        return policy_accuracy(compressed, self.val_batches(), self.calibration, threads=max(1, torch.get_num_threads()))
+
     @property
     def client(self) -> LatencyClient:
         import ray

@@ -19,7 +19,7 @@ from compression.policy import CompressionPolicy
 from envs.jsonio import read_json, write_json
 from experiments import rundir
 from experiments.config import SearchConfig
-from experiments.results import evaluate, make_env, pick_episode
+from experiments.results import evaluate, make_env, pick_episode, simulated_note
 from experiments.rundir import RunDir
 
 
@@ -47,13 +47,13 @@ def export(run_dir: str, episode: int | None = None, out: str | None = None) -> 
     torch.set_num_threads(1)
     _, env, record = _open(run_dir, episode)
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
-    result = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
+    result = evaluate(env, compressed, record.get("latency_ratio"))
     target = Path(out) if out else Path(run_dir) / "export"
     result = _write(target, compressed.artifact.data, record, result, "export.json")
     print(
         f"exported episode {record['episode']} to {target}/model.onnx: test accuracy {100 * result['test_accuracy']:.2f}%, "
         f"latency {result['latency_ms']:.3f} ms ({100 * result['latency_ratio']:.1f}% of baseline), "
-        f"{result['artifact_bytes'] / 1024:.0f} KiB"
+        f"{result['artifact_bytes'] / 1024:.0f} KiB{simulated_note(result)}"
     )
     return result
 
@@ -73,9 +73,9 @@ def finetune_policy(
     config, env, record = _open(run_dir, episode)
     ctx = env.ctx
     compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
-    before = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
+    before = evaluate(env, compressed, record.get("latency_ratio"))
     history = finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, epochs=epochs, lr=lr, steps=steps, seed=config.seed)
-    after = evaluate(env, compressed.artifact.data, record.get("latency_ratio"))
+    after = evaluate(env, compressed, record.get("latency_ratio"))
     length = {"steps": steps} if steps else {"epochs": epochs}
     result = {**after, "before": before, **length, "lr": lr, "train_seconds": history.seconds}
     target = Path(out) if out else Path(run_dir) / "finetune"
@@ -83,7 +83,7 @@ def finetune_policy(
     how_long = f"{steps} steps" if steps else f"{epochs} epoch(s)"
     print(
         f"fine-tuned episode {record['episode']} for {how_long}: test accuracy {100 * before['test_accuracy']:.2f}% -> "
-        f"{100 * after['test_accuracy']:.2f}%, latency {after['latency_ms']:.3f} ms; written to {target}"
+        f"{100 * after['test_accuracy']:.2f}%{simulated_note(after)}, latency {after['latency_ms']:.3f} ms; written to {target}"
     )
     return result
 

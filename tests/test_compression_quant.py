@@ -14,7 +14,7 @@ from torch import nn
 from compression.costs import costs
 from compression.export import PrecisionMismatchError, build_artifact, evaluate_onnx, export_onnx, session, verify_artifact
 from compression.finetune import finetune, recalibrate_batch_norm
-from compression.pipeline import compress
+from compression.pipeline import compress, policy_accuracy
 from compression.policy import CompressionPolicy, PolicyError, Precision, uniform_policy
 from compression.quant_sim import activation_qparams, attach_fake_quant, fake_quantize_activation, fake_quantize_weight
 from compression.structure import discover
@@ -163,6 +163,30 @@ def test_artifact_accuracy_agrees_with_simulation(trained_resnet20) -> None:
         onnx_acc = evaluate_onnx(compressed.artifact.data, test)
         assert abs(sim_acc - onnx_acc) <= 0.005, (sim_acc, onnx_acc)
         assert abs(onnx_acc - float_acc) <= 0.02
+
+
+def test_sub_8_bit_policies_are_scored_at_their_bits_not_as_the_int8_artifact(trained_resnet20) -> None:
+    """The size objectives search 2..7 bits; CPU kernels run them as int8 and a one-sided quantization in float, so the
+    artifact would score a 2-bit policy like an int8 one. ``policy_accuracy`` scores it at its bits (simulated)."""
+    model, data = trained_resnet20.model, trained_resnet20.data
+    structure = discover(model, X1)
+    calib = data.calibration(256)
+    test = list(itertools.islice(data.loader("test", 500), 4))
+    int8 = compress(model, uniform_policy(structure, weight_bits=8), X1, calib)
+    assert not int8.policy.simulated_layers()
+    assert policy_accuracy(int8, test, calib) == evaluate_onnx(int8.artifact.data, test)  # the artifact, as it runs
+    two = compress(model, uniform_policy(structure, weight_bits=2, activation_bits=8), X1, calib)
+    assert set(two.policy.simulated_layers()) == set(structure.layer_names)
+    as_int8 = evaluate_onnx(two.artifact.data, test)
+    assert abs(as_int8 - policy_accuracy(int8, test, calib)) <= 0.02  # the artifact ran the 2-bit layers as int8
+    simulated = policy_accuracy(two, test, calib)
+    sim = two.simulate(calib)
+    expected = evaluate(two.model, test)[1]
+    sim.remove()
+    assert simulated == expected and simulated < as_int8 - 0.2, (simulated, as_int8)
+    assert not any(isinstance(m, nn.utils.parametrize.ParametrizationList) for m in two.model.modules())  # simulation removed
+    one_sided = CompressionPolicy({}, {n: Precision(8, 32) for n in structure.layer_names})
+    assert set(one_sided.simulated_layers()) == set(structure.layer_names)  # runs float: its 8-bit weights are simulated
 
 
 def test_fp32_artifact_matches_torch(trained_resnet20) -> None:

@@ -296,8 +296,12 @@ def test_quantize_env_runs_int8_and_bytes_objective_offers_low_bits(config: dict
     _, _, info = _run(env, [[0.0]] * len(env.units))
     assert all(p == {"weight_bits": 8, "activation_bits": 8} for p in info["policy"]["precision"].values())
     assert info["latency_ratio"] < 0.8 and info["accuracy"] > info["reference_accuracy"] - 0.02
-    small = QuantizeEnv({**config, "objective": "bytes", "target_ratio": 0.2})
+    # its own sensitivity analysis (seven precisions per layer), on 8 images: enough for this check, 14 s on one thread
+    small = QuantizeEnv({**config, "objective": "bytes", "target_ratio": 0.2, "budget_guard": False, "sensitivity_images": 8})
     assert small.ctx.weight_options == (2, 3, 4, 5, 6, 7, 8, 32)
+    _, _, low = _run(small, [[0.0]] * len(small.units))  # 2 bits everywhere: the CPU artifact runs it as int8
+    assert {p["weight_bits"] for p in low["policy"]["precision"].values()} == {2}
+    assert low["accuracy"] < info["accuracy"] - 0.2, (low["accuracy"], info["accuracy"])  # scored at its bits, simulated
 
 
 @pytest.mark.parametrize(

@@ -275,14 +275,14 @@ class Finalizer:
         env = self._env(seed)
         ctx = env.ctx
         compressed = env.build_compressed(CompressionPolicy.from_dict(record["policy"]))
-        before = test_accuracy(env, compressed.artifact.data)
+        before = test_accuracy(env, compressed)
         torch.set_num_threads(os.cpu_count() or 1)
         started = time.perf_counter()
         steps = self.args.finetune_steps
         finetune_and_build(compressed, ctx.data, ctx.example, ctx.calibration, steps=steps, lr=0.01, seed=0, progress=False)
         seconds = time.perf_counter() - started
         torch.set_num_threads(1)
-        after = test_accuracy(env, compressed.artifact.data)
+        after = test_accuracy(env, compressed)
         self.done[key] = {"test_before": before, "test_after": after, "steps": self.args.finetune_steps, "seconds": seconds}
         self._save()
         return self.done[key]
