@@ -187,10 +187,9 @@ class EnvContext:
 
     @property
     def client(self) -> LatencyClient:
-        import ray
-
-        # made anew when Ray came or went since (a search's Ray is shut down before the fine-tune that follows it)
-        if self._client is None or self._client.use_ray != ray.is_initialized():
+        # made anew when Ray came, went or was started again since (a search's Ray is shut down before the fine-tune that
+        # follows it; a second search in the process starts another, where the first one's actors are gone)
+        if self._client is None or not self._client.current:
             self._client = LatencyClient(self.target)
         return self._client
 
@@ -237,6 +236,7 @@ class EnvContext:
             log.info("latency predictor calibrated: %s", predictor.calibration)
             self._calibration = samples
             self._predictor = predictor
+        self._predictor.client = self.client  # it times new layer shapes as they come: through the present connection
         return self._predictor
 
     SLOW_REFERENCE = 1.15  # a calibration timing whose reference ran this much above the fastest one is taken again

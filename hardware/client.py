@@ -61,6 +61,15 @@ def _join_hint(target: HardwareTarget) -> str:
     return f"ray start --address=<head> --num-cpus=0 --labels={LABEL_KEY}={target.name} --resources='{{\"{target.resource}\": 1}}'"
 
 
+def ray_session() -> tuple[str, str] | None:
+    """This process's Ray connection (node and job id: a new ``ray.init`` is another job, a new local cluster another
+    node), or None without Ray. Actor handles of an earlier connection are dead in a later one."""
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    return context.get_node_id(), context.get_job_id()
+
+
 class LatencyClient:
     """Latency of ONNX artifacts on one target: cache first, then the target's device.
 
@@ -78,6 +87,7 @@ class LatencyClient:
     ) -> None:
         self.target, self.call_timeout_s = target, call_timeout_s
         self.use_ray = ray.is_initialized()
+        self.ray_session = ray_session()
         self.actors: list = []
         self.timings = self.hits = self.misses = 0
         self.slow_retries = 0  # timings taken again because the reference ran slow (the machine in a slow state)
@@ -106,6 +116,11 @@ class LatencyClient:
                 self._cache_actor = cache_actor(path)
             else:
                 self._cache = LatencyCache(path or default_cache_path())
+
+    @property
+    def current(self) -> bool:
+        """Made in this process's present Ray connection (or without Ray, and Ray is still off): its actors answer."""
+        return self.ray_session == ray_session()
 
     def _wait_for_nodes(self, wait_s: float) -> list[str]:
         deadline = time.monotonic() + wait_s

@@ -171,7 +171,12 @@ def test_the_safety_net_times_afresh_a_cached_reading_over_budget_before_it_deci
 
 
 @pytest.mark.own_process  # starts Ray: a fresh interpreter (tests/conftest.py)
-def test_a_two_stage_search_prunes_at_8_bits_then_chooses_precisions_of_the_best_pruned_model(trained_resnet20, tmp_path) -> None:
+@pytest.mark.parametrize(
+    "agent",
+    [{"algo": "random"}, {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}],
+    ids=["random", "sac"],
+)
+def test_a_two_stage_search_prunes_at_8_bits_then_chooses_precisions_of_the_best_pruned_model(trained_resnet20, tmp_path, agent) -> None:
     from experiments.config import SearchConfig
     from experiments.search import main
 
@@ -180,15 +185,16 @@ def test_a_two_stage_search_prunes_at_8_bits_then_chooses_precisions_of_the_best
             "name": "two",
             "run_dir": str(tmp_path / "two"),
             "episodes": 4,
+            "safety_net": False,  # the uniform grid after each stage: not what this test checks (about 20 s a stage)
             "workload": {"model": "resnet20", "checkpoint": str(trained_resnet20.path)},
             "env": {"kind": "two-stage", "objective": "macs", "target_ratio": 0.5, "val_size": 200, "bn_batches": 4}
             | {"sensitivity_images": 64, "calibration_images": 64},
-            "agent": {"algo": "random"},
+            "agent": agent,
         }
     )
     main(config, summary=False)
     stage1, stage2 = read_episodes(tmp_path / "two" / "stage-1-prune"), read_episodes(tmp_path / "two" / "stage-2-quantize")
-    searched = [[r for r in records if r["source"] == "random"] for records in (stage1, stage2)]
+    searched = [[r for r in records if r["source"] == agent["algo"]] for records in (stage1, stage2)]
     assert [len(s) for s in searched] == [2, 2]  # the joint search's episode count, split in two
     for r in stage1:  # stage 1 prunes the network every layer of which runs at 8 bits
         assert {p["weight_bits"] for p in r["policy"]["precision"].values()} == {8} and r["within_budget"]
