@@ -171,14 +171,14 @@ def test_the_safety_net_times_afresh_a_cached_reading_over_budget_before_it_deci
 
 
 @pytest.mark.own_process  # starts Ray: a fresh interpreter (tests/conftest.py)
-@pytest.mark.parametrize(
-    "agent",
-    [{"algo": "random"}, {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}],
-    ids=["random", "sac"],
-)
-def test_a_two_stage_search_prunes_at_8_bits_then_chooses_precisions_of_the_best_pruned_model(trained_resnet20, tmp_path, agent) -> None:
+def test_a_two_stage_search_prunes_at_8_bits_then_chooses_precisions_of_the_best_pruned_model(trained_resnet20, tmp_path) -> None:
+    """With SAC, an RL agent per stage (a baseline plays a stage through the same ``run_method`` as a joint search; this
+    test ran with random search until 2026-12-03, and with SAC after it failed on a dead latency actor of the first
+    search in the process, see ``LatencyClient.current``)."""
     from experiments.config import SearchConfig
     from experiments.search import main
+
+    agent = {"algo": "sac", "warmup_episodes": 1, "env_runners": 0, "episodes_per_iteration": 1}
 
     config = SearchConfig.from_dict(
         {

@@ -246,3 +246,24 @@ def test_one_search_per_target_measures_every_timing_on_its_targets_node(cluster
     finally:
         for node in nodes.values():
             cluster_.remove_node(node)
+
+
+def test_a_client_of_an_earlier_ray_connection_is_not_current(cluster, reference) -> None:
+    """An env context keeps its LatencyClient for the process (``EnvContext.client``); a second search in the process
+    starts Ray again, where the first one's actor handles are dead ("Can't find actor ..." in the two-stage test). The
+    client says so (``current``), and the context makes a new one."""
+    import ray
+
+    target = parse_target({"name": "dev-a", "measurement": FAST})
+    client = LatencyClient(target, cache=None)
+    assert client.current
+    ray.shutdown()
+    try:
+        assert not client.current  # Ray went
+        ray.init(address=cluster[0].address, logging_level="ERROR")
+        assert not client.current  # another connection (another job)
+        again = LatencyClient(target, cache=None)
+        assert again.current and again.measure(reference, reference).ratio > 0
+    finally:
+        if not ray.is_initialized():
+            ray.init(address=cluster[0].address, logging_level="ERROR")
