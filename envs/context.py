@@ -197,7 +197,7 @@ class EnvContext:
     def predictor(self) -> LatencyPredictor:
         """The latency predictor, calibrated on first use with 14 models measured on the target (cached)."""
         if self._predictor is None:
-            predictor = LatencyPredictor(self.client, progress=False)
+            predictor = LatencyPredictor(lambda: self.client, progress=False)  # the present client when it times a layer
             rng = random.Random(self.config.seed)
             s = self.structure
             int8 = {n: Precision(8, 8) for n in s.layer_names}
@@ -236,7 +236,6 @@ class EnvContext:
             log.info("latency predictor calibrated: %s", predictor.calibration)
             self._calibration = samples
             self._predictor = predictor
-        self._predictor.client = self.client  # it times new layer shapes as they come: through the present connection
         return self._predictor
 
     SLOW_REFERENCE = 1.15  # a calibration timing whose reference ran this much above the fastest one is taken again

@@ -86,7 +86,6 @@ class LatencyClient:
         call_timeout_s: float = 300.0,
     ) -> None:
         self.target, self.call_timeout_s = target, call_timeout_s
-        self.use_ray = ray.is_initialized()
         self.ray_session = ray_session()
         self.actors: list = []
         self.timings = self.hits = self.misses = 0
@@ -116,6 +115,11 @@ class LatencyClient:
                 self._cache_actor = cache_actor(path)
             else:
                 self._cache = LatencyCache(path or default_cache_path())
+
+    @property
+    def use_ray(self) -> bool:
+        """Timed on Ray actors (Ray was on when the client was made), else in this process."""
+        return self.ray_session is not None
 
     @property
     def current(self) -> bool:

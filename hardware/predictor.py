@@ -17,7 +17,7 @@ relative error. ``predict`` then needs no artifact at all: the layer specs come 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -78,12 +78,19 @@ class LatencyPredictor:
     # repeated, the interleaved ratios were 0.46 / 0.50 / 0.58 while the same layers' own medians spread 1.5x).
     TABLE_REFERENCE = LayerShape("conv", 32, 32, (3, 3), (1, 1), 1, (8, 8), (8, 8), False)
 
-    def __init__(self, client: LatencyClient, calibration: Calibration | None = None, progress: bool | None = None) -> None:
-        self.client = client
+    def __init__(
+        self, client: LatencyClient | Callable[[], LatencyClient], calibration: Calibration | None = None, progress: bool | None = None
+    ) -> None:
+        self._client = client  # or what gives the present one (``EnvContext.client``: made anew in another Ray connection)
         self.calibration = calibration or Calibration()
         self.progress = progress  # None: bars only on a terminal
         self._table: dict[LayerShape, float] = {}
         self._reference: tuple[bytes, float] | None = None
+
+    @property
+    def client(self) -> LatencyClient:
+        """What new table entries are timed through (asked for only then: a prediction from the table needs none)."""
+        return self._client() if callable(self._client) else self._client
 
     def _table_reference(self) -> tuple[bytes, float]:
         """The table's reference layer artifact and its median time (ms, timed once, then from the cache)."""
