@@ -72,7 +72,6 @@ def fixed_finetune(env: CompressionEnv, policy: Any, steps: int) -> tuple[float,
 
 
 SLOW_RETRIES = 3  # rounds of fresh timings for a final measurement taken while the machine ran slow
-SLOW_PAUSE_S = 2.0
 
 
 def measure_final(env: CompressionEnv, artifact: bytes, expected_ratio: float | None = None) -> Any:
@@ -99,11 +98,11 @@ def measure_final(env: CompressionEnv, artifact: bytes, expected_ratio: float | 
     for _ in range(SLOW_RETRIES if fastest is not None else 0):
         if not client.ran_slow(m, fastest):
             break
-        time.sleep(SLOW_PAUSE_S)
+        time.sleep(client.target.measurement.pause_s)
         m = client.retime(artifact, ctx.reference, m)
     near = None if expected_ratio is None else expected_ratio * (1.0 + CompressionEnv.SURPRISE)  # the env's own threshold
     if near is not None and m.ratio > near:
-        confirmed = client.confirm(artifact, ctx.reference, until=lambda r: r.ratio <= near, rounds=SLOW_RETRIES, pause_s=SLOW_PAUSE_S)
+        confirmed = client.confirm(artifact, ctx.reference, until=lambda r: r.ratio <= near, rounds=SLOW_RETRIES)
         m = min(m, confirmed, key=lambda r: r.ratio)
     return m
 

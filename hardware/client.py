@@ -178,10 +178,11 @@ class LatencyClient:
         times: int = 3,
         until: Callable[[Measurement], bool] | None = None,
         rounds: int = 1,
-        pause_s: float = 2.0,
+        pause_s: float | None = None,
     ) -> Measurement:
         """Time ``candidate`` ``times`` times afresh; the lowest ratio (``lowest_ratio``) replaces what the cache held.
-        With ``until``: up to ``rounds`` such rounds, ``pause_s`` apart, until the lowest reading so far satisfies it.
+        With ``until``: up to ``rounds`` such rounds, ``pause_s`` apart (default: the target's ``measurement.pause_s``),
+        until the lowest reading so far satisfies it.
 
         For a measurement that decides something (a policy over budget): on a shared machine timings are disturbed
         by 10-30%, and a cached disturbed timing would otherwise stay wrong for the whole search. Disturbances only
@@ -194,7 +195,7 @@ class LatencyClient:
         results = []
         for round_ in range(max(rounds, 1)):
             if round_:
-                time.sleep(pause_s)
+                time.sleep(self.target.measurement.pause_s if pause_s is None else pause_s)
             for _ in range(times):
                 self.misses += 1
                 results.append(self._time(candidate, reference))
@@ -285,7 +286,7 @@ class LatencyClient:
             fastest = self._fastest_reference.get(key)
             if fastest is None or not self.ran_slow(result, fastest):
                 break
-            time.sleep(0.25)
+            time.sleep(self.target.measurement.pause_s / 8)
             self.slow_retries += 1
             again = self._time_once(candidate, reference)
             if again.reference is not None and again.reference.median_ms < result.reference.median_ms:

@@ -35,6 +35,10 @@ class MeasurementSettings:
     runs_per_round: int = 50  # timed runs per artifact per round
     max_round_spread: float = 0.05  # re-measure when per-round ratios spread more than this (relative)
     max_remeasures: int = 2  # re-measurements before the result is returned flagged unstable
+    # seconds between rounds of fresh timings of a decisive measurement that looked disturbed (a policy measured over
+    # its budget, a final re-measurement taken while the reference ran slow), so that a stretch of load can pass; a
+    # single timing whose reference ran slow is taken again after an eighth of it. Not part of the cache key.
+    pause_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ def parse_target(data: dict[str, Any], source: str = "<dict>") -> HardwareTarget
         value = getattr(m, attr)
         _check(name, f"measurement.{attr}", isinstance(value, int) and value >= low, value, f"an integer >= {low}")
     _check(name, "measurement.max_round_spread", 0 < m.max_round_spread < 1, m.max_round_spread, "a number in (0, 1)")
+    pause_ok = isinstance(m.pause_s, (int, float)) and not isinstance(m.pause_s, bool) and 0 <= m.pause_s <= 60
+    _check(name, "measurement.pause_s", pause_ok, m.pause_s, "a number of seconds in [0, 60]")
     return target
 
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 FMNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-TEST_MEASUREMENT = {"warmup": 10, "rounds": 11, "max_remeasures": 1}
+TEST_MEASUREMENT = {"warmup": 10, "rounds": 11, "max_remeasures": 1, "pause_s": 0.2}
 
 
 CHILD = "GALEN_TEST_CHILD"  # set in a child pytest (own_process tests): it uses its parent's GALEN_HOME and targets
@@ -146,7 +146,8 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory):
     old = os.environ.get("GALEN_HOME")
     os.environ["GALEN_HOME"] = str(home)
     # local-cpu with a shorter protocol (real timings, 11 interleaved rounds instead of 21, one re-measure instead of
-    # two): the suite measures hundreds of artifacts and ran 30 min on the CI's noisy machine; benchmarks keep the real one
+    # two, 0.2 s instead of 2 s between confirmation rounds: a 5-episode search slept 9 of its 50 s): the suite measures
+    # hundreds of artifacts and ran 30 min on the CI's noisy machine; benchmarks keep the real one
     targets = tmp_path_factory.mktemp("targets")
     builtin = yaml.safe_load((Path(__file__).resolve().parents[1] / "hardware" / "targets" / "local-cpu.yaml").read_text())
     builtin["measurement"].update(TEST_MEASUREMENT)

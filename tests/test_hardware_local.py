@@ -49,6 +49,7 @@ def test_user_target_directory(tmp_path: Path) -> None:
             {"name": "x", "measurement": {"max_round_spread": 2}},
             r"field 'measurement.max_round_spread' is 2; allowed: a number in \(0, 1\)",
         ),
+        ({"name": "x", "measurement": {"pause_s": -1}}, r"field 'measurement.pause_s' is -1; allowed: a number of seconds in \[0, 60\]"),
         ({"name": "x", "weight_bits": [1]}, r"field 'weight_bits' is \[1\]; allowed: a list of 2..8, 16, 32"),
         ({"threads": 2}, r"<dict>: a target needs at least a 'name' field"),
     ],
