@@ -283,9 +283,8 @@ class OptunaAskTell(Searcher):
             self.params = [(f"u{i:03d}_d{d}", [(i, d)]) for i, d in zip(*np.nonzero(self.mask), strict=True)]
         if method == "nsga2":
             population = min(50, max(8, episodes // 8))  # several generations within the run's episodes
-            sampler = optuna.samplers.NSGAIISampler(
-                seed=seed, population_size=population, constraints_func=lambda trial: [trial.user_attrs.get("over_budget", 0.0)]
-            )
+            # the budget as a constraint (Optuna 5's core API: a trial's constraints, feasible at <= 0)
+            sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population)
             directions = ["maximize", "minimize"]
         elif method == "gp-bo":
             sampler, directions = optuna.samplers.GPSampler(seed=seed, n_startup_trials=min(10, max(2, episodes // 5))), ["maximize"]
@@ -298,7 +297,11 @@ class OptunaAskTell(Searcher):
                 actions = np.asarray(record["actions"], np.float32)
                 params = {name: float(actions[cells[0]]) for name, cells in self.params}
                 trial = optuna.trial.create_trial(
-                    params=params, distributions=self.distributions, values=self._values(record), user_attrs=self._attrs(record)
+                    params=params,
+                    distributions=self.distributions,
+                    values=self._values(record),
+                    user_attrs=self._attrs(record),
+                    constraints=self._attrs(record) if self.method == "nsga2" else None,
                 )
                 self.study.add_trial(trial)
 
@@ -319,6 +322,8 @@ class OptunaAskTell(Searcher):
     def tell(self, trial: Any, info: dict[str, Any]) -> None:
         for key, value in self._attrs(info).items():
             trial.set_user_attr(key, value)
+            if self.method == "nsga2":
+                trial.set_constraint(key, value)
         self.study.tell(trial, self._values(info))
 
 
