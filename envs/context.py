@@ -331,16 +331,14 @@ class EnvContext:
         memo = self._cost_memo
         if len(memo) > 200_000:
             memo.clear()
-        if objective.measured:
-            predictor = self.predictor
-            features = memo.get(key)
-            if features is None:
-                features = memo[key] = predictor.features(layer_specs(self.structure, policy, self.config.round_to))
-            return predictor.calibration.apply(features)
-        cost = memo.get(key)
-        if cost is None:
-            cost = memo[key] = objective.cost(planned_costs(self.structure, policy, self.config.round_to))
-        return cost
+        value = memo.get(key)
+        if value is None:
+            if objective.measured:
+                value = self.predictor.features(layer_specs(self.structure, policy, self.config.round_to))
+            else:
+                value = objective.cost(planned_costs(self.structure, policy, self.config.round_to))
+            memo[key] = value
+        return self.predictor.calibration.apply(value) if objective.measured else value
 
     @cached_property
     def reference_specs(self) -> list[dict[str, Any]]:

@@ -247,10 +247,18 @@ def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_
     assert env.ctx.replay_observations(infos) == 0  # this process measured them itself
     slow = [{**infos[k % 3], "latency_ratio": infos[k % 3]["predicted_ratio"] * (1.25 + k / 1000)} for k in range(45)]
     observed = list(env.ctx._observed)
+    from compression.plan import layer_specs
+    from compression.policy import CompressionPolicy, Precision
+
+    int8 = CompressionPolicy(precision={name: Precision(8, 8) for name in env.ctx.structure.layer_names})
+    cost_before = env.ctx.analytic_cost(int8)  # the wall's cost model keeps this policy's table features from here on
     try:
         assert env.ctx.replay_observations(slow + slow[:5]) == 45  # a record counts once
         assert env.ctx.replay_observations(slow) == 0
         assert env.ctx.predictor.calibration.samples == min(14 + errors + 45, 14 + env.ctx.ONLINE_SAMPLES)
+        # and applies the present calibration: 25% under-estimates raise what it predicts
+        specs = layer_specs(env.ctx.structure, int8, env.ctx.config.round_to)
+        assert env.ctx.analytic_cost(int8) == pytest.approx(env.ctx.predictor.predict(specs)) and env.ctx.analytic_cost(int8) > cost_before
         assert env.ctx.wall_margin() > 0.1  # 25% under-estimates in the window raise the margin
     finally:  # the context is shared with the module's other tests
         env.ctx._observed[:] = observed
