@@ -90,7 +90,12 @@ def ray_throughput(target_spec: dict, artifacts: list[bytes], reference: bytes) 
         cluster.shutdown()
 
 
-def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate_n: int, seed: int) -> dict:
+def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate_n: int, seed: int, repeat: bool = False) -> dict:
+    """The predictor's error on ``evaluate_n`` random policies of ``name`` after calibrating on ``calibrate_n`` others.
+
+    With ``repeat`` every evaluated policy is measured a second time after the first pass (uncached), and
+    ``mape_repeat`` is the measurement's own error: the MAPE of the first ratios against the second. A predictor cannot be
+    judged by a MAPE below the one the target's timing itself has."""
     model, x = build_model(name, 1, 10).eval(), torch.randn(1, 1, 32, 32)
     calib, structure, rng = torch.randn(64, 1, 32, 32), discover(model, x), random.Random(seed)
     policies = [CompressionPolicy(), CompressionPolicy(precision={n: Precision(8, 8) for n in structure.layer_names})]
@@ -101,11 +106,16 @@ def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate
     entries = predictor.fill(specs)
     table_s, timed = time.perf_counter() - start, client.stats()["timings"] - timed
     reference = compress(model, policies[0], x, calib, structure=structure).artifact.data
-    measured, ratios = [], []
+    measured, ratios, artifacts = [], [], []
     for policy in policies:
-        m = client.measure(compress(model, policy, x, calib, structure=structure).artifact.data, reference)
+        artifacts.append(compress(model, policy, x, calib, structure=structure).artifact.data)
+        m = client.measure(artifacts[-1], reference)
         measured.append(m.candidate.median_ms)
         ratios.append(m.ratio)
+    again = None
+    if repeat:  # uncached: the same artifacts timed again, after every other one
+        fresh = LatencyClient(client.target, cache=None)
+        again = [fresh.measure(artifact, reference).ratio for artifact in artifacts[calibrate_n:]]
     calibration = predictor.calibrate(list(zip(specs[:calibrate_n], measured[:calibrate_n], strict=True)), anchor=0)
     predicted = [predictor.predict(s) for s in specs[calibrate_n:]]
     predicted_ratio = [predictor.predict_ratio(s, specs[0]) for s in specs[calibrate_n:]]
@@ -121,6 +131,8 @@ def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate
         "mape_ms": mape(predicted, measured[calibrate_n:]),
         "mape_ratio": mape(predicted_ratio, ratios[calibrate_n:]),
         "mape_uncalibrated_sum": mape(raw, measured[calibrate_n:]),
+        "mape_repeat": None if again is None else mape(ratios[calibrate_n:], again),
+        "repeated_ratio": again,
         "measured_ms": measured,
         "measured_ratio": ratios,
         "predicted_ms": predicted,

@@ -15,7 +15,8 @@ Y's own policy is within Y's budget and no other target's policy beats it there:
 (beyond ``--accuracy-margin``) while also within Y's budget, or as accurate and faster beyond the
 measurement's repeatability (3%). Also per target: the latency predictor's error (MAPE of the
 predicted ratio) on the search's own measured episodes, and with ``--predictor-policies N`` on N
-random ResNet-20 policies (calibrated on 12 others, as ``bench.hardware``).
+random policies of each model of the plan (calibrated on 12 others, as ``bench.hardware``), next to the timing's
+own repeatability on the same policies (each timed twice).
 
 Writes ``bench/results/targets.json``, ``bench/results/targets-<model>-b<budget>.png`` and the
 ``targets`` section of ``bench/README.md``.
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--timings", type=int, default=3, help="uncached readings per policy and target; the lowest ratio counts")
     p.add_argument("--accuracy-margin", type=float, default=0.003, help="accuracy difference that counts (fraction; default 0.003)")
-    p.add_argument("--predictor-policies", type=int, default=0, help="random ResNet-20 policies for each target's predictor MAPE")
+    p.add_argument("--predictor-policies", type=int, default=0, help="random policies of each model for each target's predictor MAPE")
     p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only")
     args = p.parse_args(argv)
     from hardware.targets import TargetError, get_target
@@ -168,8 +169,9 @@ def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: fl
     return out
 
 
-def predictor_mapes(targets: list[str], n: int, seed: int) -> dict[str, Any]:
-    """Each target's predictor on ``n`` random ResNet-20 policies (calibrated on 12 others): bench.hardware's measure."""
+def predictor_mapes(model: str, targets: list[str], n: int, seed: int) -> dict[str, Any]:
+    """Each target's predictor on ``n`` random policies of ``model`` (random weights; calibrated on 12 others, as
+    ``bench.hardware``), and the timing's own repeatability on the same policies (each measured twice)."""
     import tempfile
 
     from bench.hardware import predictor_error
@@ -181,14 +183,20 @@ def predictor_mapes(targets: list[str], n: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for name in targets:
             client = LatencyClient(get_target(name), cache=LatencyCache(Path(tmp) / f"{name}.sqlite"))
+            started = time.time()
             try:
-                result = predictor_error("resnet20", client, 12, n, seed)
+                result = predictor_error(model, client, 12, n, seed, repeat=True)
             except Exception as error:  # noqa: BLE001 - one target's failure (a runtime's precision check) is a result too
                 out[name] = {"error": f"{type(error).__name__}: {error}"}
-                print(f"predictor {name}: failed: {out[name]['error']}", flush=True)
+                print(f"predictor {model} on {name}: failed: {out[name]['error']}", flush=True)
                 continue
-            out[name] = {k: result[k] for k in ("evaluated", "mape_ms", "mape_ratio", "mape_uncalibrated_sum", "calibration")}
-            print(f"predictor {name}: MAPE ratio {result['mape_ratio']:.1f}% on {n} policies", flush=True)
+            keys = ("evaluated", "mape_ms", "mape_ratio", "mape_uncalibrated_sum", "mape_repeat", "calibration")
+            out[name] = {k: result[k] for k in keys} | {"seconds": time.time() - started}
+            print(
+                f"predictor {model} on {name}: MAPE ratio {result['mape_ratio']:.1f}% on {n} policies, "
+                f"the timing's own {result['mape_repeat']:.1f}% ({time.time() - started:.0f} s)",
+                flush=True,
+            )
     return out
 
 
@@ -203,6 +211,13 @@ def _why_not(run: dict[str, Any]) -> str:
     return "no archived search, or no episode within budget"
 
 
+def _predictor_by_model(old: dict[str, Any]) -> dict[str, Any]:
+    """``predictor`` as model -> target -> result (the first run's layout was target -> result, on ResNet-20)."""
+    if old and all("evaluated" in v or "error" in v for v in old.values()):
+        return {"resnet20": old}
+    return dict(old)
+
+
 def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
     from envs.jsonio import dumps, write_atomic
 
@@ -211,9 +226,11 @@ def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out: dict[str, Any] = {"environment": environment(), "targets": targets, "cells": {}, "failed_searches": failed}
-    out["predictor"] = old.get("predictor", {})
+    out["predictor"] = _predictor_by_model(old.get("predictor", {}))
     if args.predictor_policies:
-        out["predictor"] = predictor_mapes(targets, args.predictor_policies, args.seed)
+        for model in dict.fromkeys(part.partition(":")[0] for part in args.plan.split(";")):
+            out["predictor"][model] = predictor_mapes(model, targets, args.predictor_policies, args.seed)
+            write_atomic(RESULTS, json.dumps(old | {"predictor": out["predictor"]}, indent=1) + "\n")  # kept if a later step fails
     for part in args.plan.split(";"):
         model, _, budget_text = part.partition(":")
         budget = float(budget_text)
@@ -306,12 +323,18 @@ def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace
             lines.append(f"- on {y}: the claim {word}; " + "; ".join(f"{x}'s policy: {why}" for x, why in v["against"].items()))
         lines.append("")
     if out.get("predictor"):
-        lines.append("Latency predictor per target (ResNet-20, calibrated on 12 measured models, MAPE of the predicted ratio):")
+        lines.append(
+            "Latency predictor per target (random policies of each model, calibrated on 12 measured ones; MAPE of the predicted "
+            "ratio, and the timing's own: the same policies measured twice, the MAPE of one reading against the other):"
+        )
         lines.append("")
-        lines += [
-            f"- {t}: {p['mape_ratio']:.1f}% on {p['evaluated']} random policies" if "error" not in p else f"- {t}: failed ({p['error']})"
-            for t, p in out["predictor"].items()
-        ]
+        for model, per_target in out["predictor"].items():
+            for t, p in per_target.items():
+                if "error" in p:
+                    lines.append(f"- {model} on {t}: failed ({p['error']})")
+                    continue
+                own = "" if p.get("mape_repeat") is None else f", the timing's own {p['mape_repeat']:.1f}%"
+                lines.append(f"- {model} on {t}: {p['mape_ratio']:.1f}% on {p['evaluated']} random policies{own}")
         lines.append("")
     lines += [f"![{p}](results/{p})" for p in plots]
     return lines

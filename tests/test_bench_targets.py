@@ -69,3 +69,17 @@ def test_bad_arguments_name_the_flag(argv: list[str], message: str, capsys: pyte
     with pytest.raises(SystemExit) as exit_info:
         bench_targets.parse_args(argv)
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_predictor_errors_are_kept_per_model_and_shown_next_to_the_timings_own() -> None:
+    first = {"local-cpu": {"evaluated": 50, "mape_ratio": 13.9}, "local-cpu-2t": {"error": "RuntimeError: x"}}
+    # the first run's layout (target -> result, on ResNet-20) is read as ResNet-20's
+    assert bench_targets._predictor_by_model(first) == {"resnet20": first}
+    by_model = {"resnet20": first, "resnet56": {"local-cpu-2t": {"evaluated": 50, "mape_ratio": 21.0, "mape_repeat": 18.5}}}
+    assert bench_targets._predictor_by_model(by_model) == by_model
+    args = bench_targets.parse_args(["--plan", "resnet56:0.5"])
+    out = {"environment": {"cpu": "cpu", "date": "d"}, "targets": TARGETS, "cells": {}, "predictor": by_model}
+    lines = bench_targets.readme_lines(out, [], args)
+    assert "- resnet20 on local-cpu: 13.9% on 50 random policies" in lines
+    assert "- resnet20 on local-cpu-2t: failed (RuntimeError: x)" in lines
+    assert "- resnet56 on local-cpu-2t: 21.0% on 50 random policies, the timing's own 18.5%" in lines
