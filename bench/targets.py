@@ -51,7 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timings", type=int, default=3, help="uncached readings per policy and target; the lowest ratio counts")
     p.add_argument("--accuracy-margin", type=float, default=0.003, help="accuracy difference that counts (fraction; default 0.003)")
     p.add_argument("--predictor-policies", type=int, default=0, help="random policies of each model for each target's predictor MAPE")
-    p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only")
+    p.add_argument(
+        "--only",
+        choices=("ranges", "search", "write"),
+        default=None,
+        help="one phase only; ranges: each model's feasible range on each target (its uniform extremes timed; no search)",
+    )
     args = p.parse_args(argv)
     from hardware.targets import TargetError, get_target
 
@@ -81,6 +86,43 @@ def runs(args: argparse.Namespace) -> list[dict[str, Any]]:
                 | {"wall_mode": "paced", "target": target}
             )
     return out
+
+
+def models(args: argparse.Namespace) -> list[str]:
+    return list(dict.fromkeys(part.partition(":")[0] for part in args.plan.split(";")))
+
+
+def feasible_ranges(args: argparse.Namespace) -> dict[str, Any]:
+    """Each model's uniform extremes timed on each target (``corner_costs``: uncached, 3 readings each, the least
+    disturbed counts): the floor below which a budget is refused there. Kept in ``targets.json`` under ``feasible``,
+    and said against the plan's budgets: a common budget must lie above every target's floor."""
+    from envs import JointEnv
+    from envs.jsonio import write_atomic
+
+    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    found = old.get("feasible", {})
+    budgets = {}
+    for part in args.plan.split(";"):
+        model, _, budget = part.partition(":")
+        budgets.setdefault(model, []).append(float(budget))
+    for model in models(args):
+        checkpoint = search_bench.base_checkpoint(model)
+        for target in args.targets.split(","):
+            started = time.time()
+            config = {"model": model, "base_epochs": 5, "checkpoint": checkpoint, "target": target, "round_to": args.round_to}
+            env = JointEnv(config | {"target_ratio": max(budgets[model])})
+            costs = env.corner_costs()
+            which = min(costs, key=costs.get)
+            found.setdefault(model, {})[target] = {"floor": costs[which], "extreme": which, "corners": costs} | {
+                k: environment()[k] for k in ("cpu", "date")
+            }
+            inside = ", ".join(f"{b:.0%} {'inside' if b > costs[which] else 'BELOW THE FLOOR'}" for b in budgets[model])
+            corners = ", ".join(f"{name} {ratio:.3f}" for name, ratio in costs.items())
+            print(
+                f"{model} on {target}: floor {costs[which]:.1%} ({which}; {corners}); {inside} ({time.time() - started:.0f} s)", flush=True
+            )
+            write_atomic(RESULTS, json.dumps(old | {"feasible": found}, indent=1) + "\n")
+    return found
 
 
 def search_all(args: argparse.Namespace) -> dict[str, str]:
@@ -226,15 +268,19 @@ def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out: dict[str, Any] = {"environment": environment(), "targets": targets, "cells": {}, "failed_searches": failed}
+    for key, cell in old.get("cells", {}).items():  # the cells of earlier plans stay (each with the machine and date it ran)
+        out["cells"][key] = {"environment": old.get("environment", {})} | cell
+    out["feasible"] = old.get("feasible", {})
     out["predictor"] = _predictor_by_model(old.get("predictor", {}))
     if args.predictor_policies:
-        for model in dict.fromkeys(part.partition(":")[0] for part in args.plan.split(";")):
+        for model in models(args):
             out["predictor"][model] = predictor_mapes(model, targets, args.predictor_policies, args.seed)
             write_atomic(RESULTS, json.dumps(old | {"predictor": out["predictor"]}, indent=1) + "\n")  # kept if a later step fails
     for part in args.plan.split(";"):
         model, _, budget_text = part.partition(":")
         budget = float(budget_text)
-        cell: dict[str, Any] = {"model": model, "budget": budget, "method": args.method, "episodes": args.episodes, "rows": {}}
+        cell: dict[str, Any] = {"model": model, "budget": budget, "method": args.method, "episodes": args.episodes, "seed": args.seed}
+        cell |= {"environment": environment(), "rows": {}}
         for run in runs(args):
             if run["model"] != model or run["budget"] != budget:
                 continue
@@ -292,18 +338,19 @@ def plot(cell: dict[str, Any], targets: list[str]) -> str:
 
 
 def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace) -> list[str]:
-    env = out["environment"]
     lines = [
         "## Is a policy specific to its target? (issue 23)",
         "",
-        f"`python -m bench.targets` ({args.method}, {args.episodes} episodes per target, seed {args.seed}; {env['cpu']}, "
-        f"{env['date']}). Rows: the best within-budget policy searched for a target; columns: its latency ratio re-measured "
+        "`python -m bench.targets`: per model and budget, one search per target (the budget a ratio to the uncompressed model "
+        "on that target). Rows: the best within-budget policy searched for a target; columns: its latency ratio re-measured "
         f"on each target (lowest of {args.timings} uncached readings); accuracy after the fixed {args.finetune_steps}-step "
         "fine-tune. Raw data: `bench/results/targets.json`.",
         "",
     ]
     for cell in out["cells"].values():
-        lines += [f"**{cell['model']} at {cell['budget']:.0%}**", ""]
+        ran = cell.get("environment", {})
+        how = f"{cell.get('method', args.method)}, {cell.get('episodes', args.episodes)} episodes per target, seed {cell.get('seed', 0)}"
+        lines += [f"**{cell['model']} at {cell['budget']:.0%}** ({how}; {ran.get('cpu', '?')}, {ran.get('date', '?')})", ""]
         lines.append("| searched for | val. acc. | after fine-tune | " + " | ".join(f"on {t}" for t in out["targets"]) + " |")
         lines.append("|---|---|---|" + "---|" * len(out["targets"]))
         for x, row in cell["rows"].items():
@@ -321,6 +368,13 @@ def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 continue
             word = "holds" if v["holds"] else "does not hold"
             lines.append(f"- on {y}: the claim {word}; " + "; ".join(f"{x}'s policy: {why}" for x, why in v["against"].items()))
+        lines.append("")
+    if out.get("feasible"):
+        lines.append("Feasible range per target (the cheapest uniform extreme, timed uncached; a budget below it is refused there):")
+        lines.append("")
+        for model, per_target in out["feasible"].items():
+            floors = "; ".join(f"{t} {100 * f['floor']:.1f}% ({f['extreme']})" for t, f in per_target.items())
+            lines.append(f"- {model}: {floors}")
         lines.append("")
     if out.get("predictor"):
         lines.append(
@@ -344,6 +398,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     args = parse_args(argv)
     failed: dict[str, str] = {}
     started = time.time()
+    if args.only == "ranges":
+        feasible_ranges(args)
+        return None
     if args.only in (None, "search"):
         failed = search_all(args)
         print(f"searches done in {(time.time() - started) / 60:.1f} min", flush=True)

@@ -573,7 +573,13 @@ class CompressionEnv(gym.Env):
         return names
 
     def feasible_range(self) -> tuple[float, float, str]:
-        """(floor, 1.0, which): the lowest cost ratio of the corner policies, measured on the target for latency.
+        """(floor, 1.0, which): the lowest cost ratio of the corner policies (``corner_costs``)."""
+        costs = self.corner_costs()
+        which = min(costs, key=costs.get)
+        return costs[which], 1.0, which
+
+    def corner_costs(self) -> dict[str, float]:
+        """Each uniform extreme's cost ratio (``corner_policies``), measured on the target for latency.
 
         Measured afresh (not from the cache), three times per policy in turns (each corner once, then again), keeping
         per corner the timing whose reference ran fastest (``fastest_reference``): neither one disturbed timing nor a
@@ -582,17 +588,14 @@ class CompressionEnv(gym.Env):
         """
         corners = self.corner_policies()
         if not self.config.measured_objective:
-            costs = {name: self.ctx.analytic_cost(p) / self.ctx.analytic_reference_cost() for name, p in corners.items()}
-        else:
-            client = LatencyClient(self.ctx.target, cache=None)
-            artifacts = {name: self._artifact(policy) for name, policy in corners.items()}
-            timings: dict[str, list] = {name: [] for name in artifacts}
-            for _ in range(3):
-                for name, artifact in artifacts.items():
-                    timings[name].append(client.measure(artifact, self.ctx.reference))
-            costs = {name: fastest_reference(values).ratio for name, values in timings.items()}
-        which = min(costs, key=costs.get)
-        return costs[which], 1.0, which
+            return {name: self.ctx.analytic_cost(p) / self.ctx.analytic_reference_cost() for name, p in corners.items()}
+        client = LatencyClient(self.ctx.target, cache=None)
+        artifacts = {name: self._artifact(policy) for name, policy in corners.items()}
+        timings: dict[str, list] = {name: [] for name in artifacts}
+        for _ in range(3):
+            for name, artifact in artifacts.items():
+                timings[name].append(client.measure(artifact, self.ctx.reference))
+        return {name: fastest_reference(values).ratio for name, values in timings.items()}
 
 
 class PruneEnv(CompressionEnv):

@@ -78,8 +78,15 @@ def test_predictor_errors_are_kept_per_model_and_shown_next_to_the_timings_own()
     by_model = {"resnet20": first, "resnet56": {"local-cpu-2t": {"evaluated": 50, "mape_ratio": 21.0, "mape_repeat": 18.5}}}
     assert bench_targets._predictor_by_model(by_model) == by_model
     args = bench_targets.parse_args(["--plan", "resnet56:0.5"])
-    out = {"environment": {"cpu": "cpu", "date": "d"}, "targets": TARGETS, "cells": {}, "predictor": by_model}
+    feasible = {
+        "resnet56": {
+            "local-cpu": {"floor": 0.268, "extreme": "min keep, 8-bit"},
+            "local-cpu-2t": {"floor": 0.48, "extreme": "min keep, 8-bit"},
+        }
+    }
+    out = {"environment": {"cpu": "cpu", "date": "d"}, "targets": TARGETS, "cells": {}, "predictor": by_model, "feasible": feasible}
     lines = bench_targets.readme_lines(out, [], args)
+    assert "- resnet56: local-cpu 26.8% (min keep, 8-bit); local-cpu-2t 48.0% (min keep, 8-bit)" in lines
     assert "- resnet20 on local-cpu: 13.9% on 50 random policies" in lines
     assert "- resnet20 on local-cpu-2t: failed (RuntimeError: x)" in lines
     assert "- resnet56 on local-cpu-2t: 21.0% on 50 random policies, the timing's own 18.5%" in lines
