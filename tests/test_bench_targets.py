@@ -50,6 +50,14 @@ def test_the_claim_holds_only_where_the_own_policy_is_not_beaten_on_its_target()
     # a target whose own policy misses its budget there: no claim either
     rows["openvino-cpu"]["on"]["openvino-cpu"]["latency_ratio"] = 0.45
     assert bench_targets.verdicts({"rows": rows}, TARGETS, 0.40, 0.003)["openvino-cpu"]["holds"] is False
+    # a target whose timings repeat only within 20%: a policy 10% faster there is a tie, not a win, and 0.45 fits a 0.40 budget
+    for row, readings in zip(rows.values(), ([0.38, 0.46], [0.39, 0.47], [0.35, 0.42]), strict=True):
+        row["on"]["openvino-cpu"]["readings"] = readings
+    rows["openvino-cpu"]["on"]["openvino-cpu"]["latency_ratio"] = 0.45
+    rows["local-cpu"]["on"]["openvino-cpu"]["latency_ratio"] = 0.41
+    noisy = bench_targets.verdicts({"rows": rows}, TARGETS, 0.40, 0.003)["openvino-cpu"]
+    assert noisy["repeatability"] == pytest.approx(0.47 / 0.39 - 1)
+    assert noisy["own_within_budget"] is True and noisy["against"]["local-cpu"].startswith("a tie")
     # a target without a searched policy is said so
     del rows["openvino-cpu"]
     assert bench_targets.verdicts({"rows": rows}, TARGETS, 0.40, 0.003)["openvino-cpu"] == {
