@@ -374,11 +374,14 @@ def plot(cell: dict[str, Any], targets: list[str]) -> str:
         for index, (x, row) in enumerate(cell["rows"].items()):
             if "on" not in row:
                 continue
-            point = (row["on"][y]["latency_ratio"], 100 * row["accuracy_after_finetune"])
+            on = row["on"][y]
+            point = (on["latency_ratio"], 100 * row["accuracy_after_finetune"])
+            if len(on.get("readings", [])) > 1:  # the readings' range: the timing's repeatability on this target
+                ax.hlines(point[1], min(on["readings"]), max(on["readings"]), color=f"C{index}", lw=1, alpha=0.6)
             ax.scatter(*point, s=120 if x == y else 50, marker="*" if x == y else "o", color=f"C{index}", label=f"searched for {x}")
         ax.axvline(cell["budget"], color="k", ls="--", lw=1, label="budget")
         ax.set_title(f"measured on {y}")
-        ax.set_xlabel("latency ratio on this target")
+        ax.set_xlabel("latency ratio here (line: all readings)")
     axes[0][0].set_ylabel("test accuracy after fine-tune (%)")
     axes[0][-1].legend(fontsize=7)
     fig.suptitle(f"{cell['model']} at {cell['budget']:.0%}: each target's best policy on every target")
