@@ -260,6 +260,12 @@ def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_
         specs = layer_specs(env.ctx.structure, int8, env.ctx.config.round_to)
         assert env.ctx.analytic_cost(int8) == pytest.approx(env.ctx.predictor.predict(specs)) and env.ctx.analytic_cost(int8) > cost_before
         assert env.ctx.wall_margin() > 0.1  # 25% under-estimates in the window raise the margin
+        # consistent over-estimates lower it below zero (the wall aims above the nominal budget), at most to the floor
+        env.ctx._observed[:] = [(None, 0.10, 0.09)] * 50
+        assert env.ctx.wall_margin() == pytest.approx(-0.1)
+        assert env.limit() == pytest.approx(env.config.target_ratio * env.ctx.analytic_reference_cost() / 0.9)
+        env.ctx._observed[:] = [(None, 0.10, 0.05)] * 40 + [(None, 0.10, 0.12)] * 10  # 4 in 5 measured 50% faster
+        assert env.ctx.wall_margin() == pytest.approx(env.ctx.MARGIN_FLOOR)
     finally:  # the context is shared with the module's other tests
         env.ctx._observed[:] = observed
         env.ctx._recalibrate()
