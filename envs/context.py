@@ -311,7 +311,7 @@ class EnvContext:
 
         Not higher: on this shared machine one timing in ten or so is disturbed by 10-20% (seen in repeats of the same
         artifact); chasing those would push every policy far below the budget for the sake of a few measurements. Not
-        floored at 0: VGG-11 on two threads measured 0.05-0.07 where the predictor said 0.093-0.100 for its first 21
+        floored at 0: VGG-11 on two threads measured 0.05-0.07 where the predictor said 0.093-0.100 for its first 25
         episodes (the calibration's anchors pin its four coefficients), and the wall kept every episode at about 60% of
         the 10% budget, at 33-78% accuracy.
         """
