@@ -106,16 +106,18 @@ def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate
     entries = predictor.fill(specs)
     table_s, timed = time.perf_counter() - start, client.stats()["timings"] - timed
     reference = compress(model, policies[0], x, calib, structure=structure).artifact.data
-    measured, ratios, artifacts = [], [], []
-    for policy in policies:
-        artifacts.append(compress(model, policy, x, calib, structure=structure).artifact.data)
-        m = client.measure(artifacts[-1], reference)
+    measured, ratios, evaluated = [], [], []
+    for i, policy in enumerate(policies):
+        artifact = compress(model, policy, x, calib, structure=structure).artifact.data
+        m = client.measure(artifact, reference)
         measured.append(m.candidate.median_ms)
         ratios.append(m.ratio)
+        if repeat and i >= calibrate_n:
+            evaluated.append(artifact)  # only the ones timed again are kept (VGG-11's are up to 37 MB each)
     again = None
     if repeat:  # uncached: the same artifacts timed again, after every other one
         fresh = LatencyClient(client.target, cache=None)
-        again = [fresh.measure(artifact, reference).ratio for artifact in artifacts[calibrate_n:]]
+        again = [fresh.measure(artifact, reference).ratio for artifact in evaluated]
     calibration = predictor.calibrate(list(zip(specs[:calibrate_n], measured[:calibrate_n], strict=True)), anchor=0)
     predicted = [predictor.predict(s) for s in specs[calibrate_n:]]
     predicted_ratio = [predictor.predict_ratio(s, specs[0]) for s in specs[calibrate_n:]]

@@ -13,7 +13,8 @@ The cross-target matrix: row = the policy searched for target X, column = target
 latency ratio on Y (and its accuracy, which does not depend on the target). The claim holds on Y when
 Y's own policy is within Y's budget and no other target's policy beats it there: more accurate
 (beyond ``--accuracy-margin``) while also within Y's budget, or as accurate and faster beyond the
-measurement's repeatability (3%). Also per target: the latency predictor's error (MAPE of the
+timing's repeatability on Y (measured: the policies are timed in turns, ``--timings`` rounds, and the median of
+highest / lowest reading counts, at least 3%). Also per target: the latency predictor's error (MAPE of the
 predicted ratio) on the search's own measured episodes, and with ``--predictor-policies N`` on N
 random policies of each model of the plan (calibrated on 12 others, as ``bench.hardware``), next to the timing's
 own repeatability on the same policies (each timed twice).
@@ -75,30 +76,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except TargetError as error:
             p.error(f"--targets: {error}")
     for part in args.plan.split(";"):
-        model, _, budget = part.partition(":")
         try:
-            if not 0 < float(budget) < 1:
-                raise ValueError
+            plan(part)
         except ValueError:
             p.error(f"--plan: {part!r} is not model:budget with a budget in (0, 1), e.g. resnet56:0.4")
     return args
 
 
-def runs(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """One bench.search run per model, budget and target."""
+def plan(text: str) -> list[tuple[str, float]]:
+    """``model:budget[;model:budget]`` as (model, budget) pairs; ValueError for a budget outside (0, 1)."""
     out = []
-    for part in args.plan.split(";"):
+    for part in text.split(";"):
         model, _, budget = part.partition(":")
-        for target in args.targets.split(","):
-            out.append(
-                {"model": model, "budget": float(budget), "seed": args.seed, "method": args.method, "round_to": args.round_to}
-                | {"wall_mode": "paced", "target": target}
-            )
+        if not 0 < float(budget) < 1:
+            raise ValueError(f"budget {budget} outside (0, 1)")
+        out.append((model, float(budget)))
     return out
 
 
+def runs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One bench.search run per model, budget and target."""
+    return [
+        {"model": model, "budget": budget, "seed": args.seed, "method": args.method, "round_to": args.round_to}
+        | {"wall_mode": "paced", "target": target}
+        for model, budget in plan(args.plan)
+        for target in args.targets.split(",")
+    ]
+
+
 def models(args: argparse.Namespace) -> list[str]:
-    return list(dict.fromkeys(part.partition(":")[0] for part in args.plan.split(";")))
+    return list(dict.fromkeys(model for model, _ in plan(args.plan)))
 
 
 def feasible_ranges(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,10 +117,9 @@ def feasible_ranges(args: argparse.Namespace) -> dict[str, Any]:
 
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     found = old.get("feasible", {})
-    budgets = {}
-    for part in args.plan.split(";"):
-        model, _, budget = part.partition(":")
-        budgets.setdefault(model, []).append(float(budget))
+    budgets: dict[str, list[float]] = {}
+    for model, budget in plan(args.plan):
+        budgets.setdefault(model, []).append(budget)
     for model in models(args):
         checkpoint = search_bench.base_checkpoint(model)
         for target in args.targets.split(","):
@@ -122,8 +128,13 @@ def feasible_ranges(args: argparse.Namespace) -> dict[str, Any]:
             env = JointEnv(config | {"target_ratio": max(budgets[model])})
             costs = env.corner_costs()
             which = min(costs, key=costs.get)
-            found.setdefault(model, {})[target] = {"floor": costs[which], "extreme": which, "corners": costs} | {
-                k: environment()[k] for k in ("cpu", "date")
+            ran = environment()
+            found.setdefault(model, {})[target] = {
+                "floor": costs[which],
+                "extreme": which,
+                "corners": costs,
+                "cpu": ran["cpu"],
+                "date": ran["date"],
             }
             inside = ", ".join(f"{b:.0%} {'inside' if b > costs[which] else 'BELOW THE FLOOR'}" for b in budgets[model])
             corners = ", ".join(f"{name} {ratio:.3f}" for name, ratio in costs.items())
@@ -216,7 +227,7 @@ def spread(cell: dict[str, Any], target: str) -> float:
         for row in cell["rows"].values()
         if len((on := row.get("on", {}).get(target, {})).get("readings", [])) > 1
     ]
-    return max([REPEATABILITY, float(np.median(values))] if values else [REPEATABILITY])
+    return max(REPEATABILITY, float(np.median(values))) if values else REPEATABILITY
 
 
 def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: float) -> dict[str, Any]:
@@ -326,9 +337,7 @@ def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
         for model in models(args):
             out["predictor"][model] = predictor_mapes(model, targets, args.predictor_policies, args.seed)
             write_atomic(RESULTS, json.dumps(old | {"predictor": out["predictor"]}, indent=1) + "\n")  # kept if a later step fails
-    for part in args.plan.split(";"):
-        model, _, budget_text = part.partition(":")
-        budget = float(budget_text)
+    for model, budget in plan(args.plan):
         cell: dict[str, Any] = {"model": model, "budget": budget, "method": args.method, "episodes": args.episodes, "seed": args.seed}
         cell |= {"environment": environment(), "rows": {}}
         for run in runs(args):
