@@ -247,7 +247,12 @@ def wall_seconds_per_episode(records: list[dict[str, Any]], seconds: float | Non
     return statistics.mean(kept)
 
 
+EARLY = (10, 30)  # episode counts at which the methods table reports the best so far
+
+
 def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    from agents.accuracy import rank_agreement
+
     own = [r for r in records if r["source"] == method]
     within = [r for r in own if r["within_budget"]]
     best = max(within, key=lambda r: r["accuracy"], default=None)
@@ -263,6 +268,9 @@ def run_metrics(method: str, records: list[dict[str, Any]]) -> dict[str, Any]:
         "last_20_mean_accuracy": statistics.mean(r["accuracy"] for r in own[-fifth:]) if own else None,
         "seconds_per_episode_env": statistics.median(seconds) if seconds else None,
         "predictor_mape": 100 * statistics.mean(errors) if errors else None,
+        # Condensa's small-sample question: how good the best within-budget policy is after the first 10 and 30 episodes
+        **{f"best_at_{n}": max((r["accuracy"] for r in own[:n] if r["within_budget"]), default=None) for n in EARLY},
+        "screening": rank_agreement(own),  # APQ-style screening: the predicted accuracy's Kendall tau with the scored one
     }
 
 
@@ -392,6 +400,11 @@ def aggregate(cell: dict[str, Any]) -> None:
     cell["last_20_mean_accuracy"] = [s["last_20_mean_accuracy"] for s in seeds]
     mapes = [s["predictor_mape"] for s in seeds if s["predictor_mape"] is not None]
     cell["predictor_mape"] = statistics.mean(mapes) if mapes else None
+    for n in EARLY:
+        cell[f"best_at_{n}"] = [s[f"best_at_{n}"] for s in seeds if s.get(f"best_at_{n}") is not None]
+    taus = [s["screening"]["kendall_tau"] for s in seeds if (s.get("screening") or {}).get("kendall_tau") is not None]
+    if taus:
+        cell["screening_kendall_tau"] = taus
 
 
 def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[str, Any], prefix: str = "search") -> list[str]:
@@ -446,11 +459,14 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
         f"CPU: {', '.join(sorted(c for c in cpus if c))}). Raw data: `bench/results/{name}.json`; episodes: `bench/search/data/`."
     )
     lines.append("")
+    early = name == "methods"  # the methods table: also the best after the first 10 and 30 episodes (Condensa's setting)
     lines.append(
-        "| model | budget | method | seeds | within budget (strict / +3%) | best val. acc. | after fine-tune | "
+        "| model | budget | method | seeds | within budget (strict / +3%) | "
+        + ("best after 10 / 30 episodes | " if early else "")
+        + "best val. acc. | after fine-tune | "
         "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode | episodes (s) to 95% of best | CPU |"
     )
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("|---" * (14 if early else 13) + "|")
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
             continue
@@ -461,12 +477,27 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 mape = f"{c['predictor_mape']:.1f}%" if c["predictor_mape"] is not None else ""
                 rates = f"{100 * c['within_budget_rate']:.0f}% / {100 * c['within_budget_rate_tolerant']:.0f}%"
                 accuracies = f"{_fmt(c['best_accuracy'])} | {_fmt(c['best_accuracy_after_finetune'])}"
+                if early:
+                    rates += " | " + " / ".join(_fmt(c.get(f"best_at_{n}", [])) for n in EARLY)
                 lines.append(
                     f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | {rates} | {accuracies} | "
                     f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} | {c['seconds_per_episode'] or 0:.1f} | "
                     f"{_reach(c)} | {_short_cpu(c)} |"
                 )
     lines.append("")
+    screened = [
+        f"{model} at {float(budget):.0%}, {method}: {_fmt_tau(c['screening_kendall_tau'])}"
+        for model, budgets in out.items()
+        if model != "proxy_kendall_tau"
+        for budget, methods in budgets.items()
+        for method, c in methods.items()
+        if c.get("screening_kendall_tau")
+    ]
+    if screened:
+        lines += [
+            "Accuracy predictor's screening (Kendall tau of predicted vs. scored accuracy, played episodes): " + "; ".join(screened) + ".",
+            "",
+        ]
     fidelity_path = REPO / "bench" / "results" / "fidelity.json"
     fidelity = json.loads(fidelity_path.read_text()) if fidelity_path.exists() and name == "search" else {}
     for model, summary in fidelity.items():
@@ -490,6 +521,10 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     readme.write_text(text)
+
+
+def _fmt_tau(taus: list[float]) -> str:
+    return f"{statistics.mean(taus):.2f} ({min(taus):.2f}-{max(taus):.2f})" if len(taus) > 1 else f"{taus[0]:.2f}"
 
 
 def _reach(cell: dict[str, Any]) -> str:
