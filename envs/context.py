@@ -253,6 +253,13 @@ class EnvContext:
     # feasibility near the floor, and there an error of 0.48 predicted for 0.40 measured (ResNet-20 at 10% keep, fp32,
     # AMX Xeon) left a 50% budget almost no room: every episode became the same heavily pruned policy at chance.
     CALIBRATION_ANCHORS = (0, 1, 2, 3)
+    # Once this many episodes are measured, only the uncompressed model stays an anchor: the extremes' anchors pin all four
+    # coefficients, so the episodes could not move the fit where it was wrong. VGG-11 at 10% (AMD EPYC; the archived searches
+    # replayed, episodes 10-79 each predicted from those before it): the predicted ratio over-estimated every episode by
+    # 30-39% (MAPE 30 / 40 / 40% on local-cpu / openvino-cpu / local-cpu-2t), the wall's margin sat at its floor and the
+    # OpenVINO and two-thread searches left 18% and 40% of their budget unused; anchoring only the reference: 4.1 / 12.4 /
+    # 12.4%, median error -0.2 / +0.6 / -1.7%. ResNet-56 at 50%: 3.9 -> 1.3%, 2.3 -> 2.1%, 7.5 -> 7.1%.
+    ANCHOR_RELEASE = 20
     MARGIN_WINDOW = 50
     MARGIN_FLOOR = -0.3  # the lowest (most permissive) margin: the wall aims at most 1 / 0.7 of the budget
 
@@ -270,7 +277,8 @@ class EnvContext:
     def _recalibrate(self) -> None:
         predictor, reference_ms = self.predictor, self.reference_ms
         recent = [(sp, measured * reference_ms) for sp, _, measured in self._observed[-self.ONLINE_SAMPLES :]]
-        predictor.calibrate(self._calibration + recent, anchor=self.CALIBRATION_ANCHORS)
+        anchors = self.CALIBRATION_ANCHORS if len(recent) < self.ANCHOR_RELEASE else self.CALIBRATION_ANCHORS[:1]
+        predictor.calibrate(self._calibration + recent, anchor=anchors)
 
     def replay_observations(self, records: list[dict[str, Any]]) -> int:
         """Feed a run's recorded episodes (policy, predicted and measured ratio) to the online calibration; returns how many.

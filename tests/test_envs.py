@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import statistics
 import threading
 import time
 
@@ -260,6 +261,22 @@ def test_latency_wall_uses_the_calibrated_predictor_and_measured_episodes_refit_
         specs = layer_specs(env.ctx.structure, int8, env.ctx.config.round_to)
         assert env.ctx.analytic_cost(int8) == pytest.approx(env.ctx.predictor.predict(specs)) and env.ctx.analytic_cost(int8) > cost_before
         assert env.ctx.wall_margin() > 0.1  # 25% under-estimates in the window raise the margin
+        # past ANCHOR_RELEASE episodes only the reference stays an anchor, so the episodes move the fit where the extremes'
+        # anchors were wrong: the three replayed policies, measured 25% above the prediction, are predicted closer
+        reference = layer_specs(env.ctx.structure, CompressionPolicy(), env.ctx.config.round_to)
+        round_to = env.ctx.config.round_to
+        replayed = [(layer_specs(env.ctx.structure, CompressionPolicy.from_dict(r["policy"]), round_to), r) for r in slow[:3]]
+
+        def misses() -> float:
+            return statistics.mean(abs(r["latency_ratio"] / env.ctx.predictor.predict_ratio(sp, reference) - 1) for sp, r in replayed)
+
+        released = misses()
+        env.ctx.ANCHOR_RELEASE = 10**9  # the extremes anchored for good: the fit cannot follow the episodes as far
+        env.ctx._recalibrate()
+        pinned = misses()
+        del env.ctx.ANCHOR_RELEASE
+        env.ctx._recalibrate()
+        assert released < 0.6 * pinned, (released, pinned)
         # consistent over-estimates lower it below zero (the wall aims above the nominal budget), at most to the floor
         env.ctx._observed[:] = [(None, 0.10, 0.09)] * 50
         assert env.ctx.wall_margin() == pytest.approx(-0.1)
