@@ -467,6 +467,7 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
         "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode | episodes (s) to 95% of best | CPU |"
     )
     lines.append("|---" * (14 if early else 13) + "|")
+    screened = []  # the screened methods' Kendall tau (predicted vs. scored accuracy), a line under the table
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
             continue
@@ -478,21 +479,15 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 rates = f"{100 * c['within_budget_rate']:.0f}% / {100 * c['within_budget_rate_tolerant']:.0f}%"
                 accuracies = f"{_fmt(c['best_accuracy'])} | {_fmt(c['best_accuracy_after_finetune'])}"
                 if early:
-                    rates += " | " + " / ".join(_fmt(c.get(f"best_at_{n}", [])) for n in EARLY)
+                    accuracies = " / ".join(_fmt(c.get(f"best_at_{n}", [])) for n in EARLY) + " | " + accuracies
+                if c.get("screening_kendall_tau"):
+                    screened.append(f"{model} at {float(budget):.0%}, {method}: {_fmt_tau(c['screening_kendall_tau'])}")
                 lines.append(
                     f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | {rates} | {accuracies} | "
                     f"{_fmt(c['latency_ratio_remeasured'])} | {learn} | {mape} | {c['seconds_per_episode'] or 0:.1f} | "
                     f"{_reach(c)} | {_short_cpu(c)} |"
                 )
     lines.append("")
-    screened = [
-        f"{model} at {float(budget):.0%}, {method}: {_fmt_tau(c['screening_kendall_tau'])}"
-        for model, budgets in out.items()
-        if model != "proxy_kendall_tau"
-        for budget, methods in budgets.items()
-        for method, c in methods.items()
-        if c.get("screening_kendall_tau")
-    ]
     if screened:
         lines += [
             "Accuracy predictor's screening (Kendall tau of predicted vs. scored accuracy, played episodes): " + "; ".join(screened) + ".",
