@@ -90,8 +90,11 @@ def ray_throughput(target_spec: dict, artifacts: list[bytes], reference: bytes) 
         cluster.shutdown()
 
 
-def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate_n: int, seed: int, repeat: bool = False) -> dict:
-    """The predictor's error on ``evaluate_n`` random policies of ``name`` after calibrating on ``calibrate_n`` others.
+def predictor_error(
+    name: str, client: LatencyClient, calibrate_n: int, evaluate_n: int, seed: int, repeat: bool = False, round_to: int = 8
+) -> dict:
+    """The predictor's error on ``evaluate_n`` random policies of ``name`` after calibrating on ``calibrate_n`` others
+    (channel counts rounded to multiples of ``round_to``, as a search with that ``env.round_to`` builds them).
 
     With ``repeat`` every evaluated policy is measured a second time after the first pass (uncached), and
     ``mape_repeat`` is the measurement's own error: the MAPE of the first ratios against the second. A predictor cannot be
@@ -100,15 +103,15 @@ def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate
     calib, structure, rng = torch.randn(64, 1, 32, 32), discover(model, x), random.Random(seed)
     policies = [CompressionPolicy(), CompressionPolicy(precision={n: Precision(8, 8) for n in structure.layer_names})]
     policies += [random_policy(structure, rng) for _ in range(calibrate_n - 2 + evaluate_n)]
-    specs = [layer_specs(structure, p) for p in policies]
+    specs = [layer_specs(structure, p, round_to) for p in policies]
     predictor = LatencyPredictor(client)
     start, timed = time.perf_counter(), client.stats()["timings"]
     entries = predictor.fill(specs)
     table_s, timed = time.perf_counter() - start, client.stats()["timings"] - timed
-    reference = compress(model, policies[0], x, calib, structure=structure).artifact.data
+    reference = compress(model, policies[0], x, calib, structure=structure, round_to=round_to).artifact.data
     measured, ratios, evaluated = [], [], []
     for i, policy in enumerate(policies):
-        artifact = compress(model, policy, x, calib, structure=structure).artifact.data
+        artifact = compress(model, policy, x, calib, structure=structure, round_to=round_to).artifact.data
         m = client.measure(artifact, reference)
         measured.append(m.candidate.median_ms)
         ratios.append(m.ratio)
@@ -124,6 +127,7 @@ def predictor_error(name: str, client: LatencyClient, calibrate_n: int, evaluate
     raw = [sum(predictor.features(s)[:2]) for s in specs[calibrate_n:]]
     return {
         "model": name,
+        "round_to": round_to,
         "layers": len(structure.layers),
         "table_entries": entries,
         "table_timed": timed,  # the rest came from the latency cache (shapes shared with an earlier model)

@@ -14,8 +14,11 @@ latency ratio on Y (and its accuracy, which does not depend on the target). The 
 Y's own policy is within Y's budget and no other target's policy beats it there: more accurate
 (beyond ``--accuracy-margin``) while also within Y's budget, or as accurate and faster beyond the
 timing's repeatability on Y (measured: the policies are timed in turns, ``--timings`` rounds, and the median of
-highest / lowest reading counts, at least 3%). Also per target: the latency predictor's error (MAPE of the
-predicted ratio) on the search's own measured episodes, and with ``--predictor-policies N`` on N
+highest / lowest reading counts, at least 3%). Each write is pooled with the earlier writes of the same policies on the
+same CPU (``targets.json`` keeps every write's readings): a cell is the median of its writes' ratios, and the spread
+between writes (run to run: the shared machine drifts over hours) counts when larger than the spread within one.
+Also per target: the latency predictor's error (MAPE of the predicted ratio) on the search's own measured episodes,
+and with ``--predictor-policies N`` on N
 random policies of each model of the plan (calibrated on 12 others, as ``bench.hardware``), next to the timing's
 own repeatability on the same policies (each timed twice).
 
@@ -63,9 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--predictor-policies", type=int, default=0, help="random policies of each model for each target's predictor MAPE")
     p.add_argument(
         "--only",
-        choices=("ranges", "search", "write"),
+        choices=("ranges", "search", "write", "predictor"),
         default=None,
-        help="one phase only; ranges: each model's feasible range on each target (its uniform extremes timed; no search)",
+        help="one phase only; ranges: each model's feasible range on each target (its uniform extremes timed; no search); "
+        "predictor: only the --predictor-policies MAPEs (the matrix as last written)",
     )
     args = p.parse_args(argv)
     from hardware.targets import TargetError, get_target
@@ -75,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             get_target(name)
         except TargetError as error:
             p.error(f"--targets: {error}")
+    if args.only == "predictor" and args.predictor_policies < 1:
+        p.error("--only predictor: give --predictor-policies N (N >= 1), the random policies per model and target")
     for part in args.plan.split(";"):
         try:
             plan(part)
@@ -220,14 +226,44 @@ def measure_cell(
 
 
 def spread(cell: dict[str, Any], target: str) -> float:
-    """The timing's repeatability on ``target`` in this cell: the median over its policies of (highest / lowest reading
-    - 1); at least ``REPEATABILITY``. Differences of latency within it do not count."""
-    values = [
-        max(on["readings"]) / min(on["readings"]) - 1
-        for row in cell["rows"].values()
-        if len((on := row.get("on", {}).get(target, {})).get("readings", [])) > 1
-    ]
-    return max(REPEATABILITY, float(np.median(values))) if values else REPEATABILITY
+    """The timing's repeatability on ``target`` in this cell: the larger of the within-write one (the median over its
+    policies of highest / lowest reading - 1 in one write) and the run-to-run one (the median over its policies timed in
+    two or more writes of highest / lowest of the writes' counted ratios - 1); at least ``REPEATABILITY``. Differences of
+    latency within it do not count."""
+    return max(REPEATABILITY, *repeatability(cell, target).values())
+
+
+def repeatability(cell: dict[str, Any], target: str) -> dict[str, float]:
+    """``within_write`` and ``run_to_run`` (each 0 where not measurable) of ``target``'s timings in this cell."""
+    within, between = [], []
+    for row in cell["rows"].values():
+        on = row.get("on", {}).get(target, {})
+        writes = on.get("writes") or ([{"readings": on["readings"]}] if on.get("readings") else [])
+        within += [max(w["readings"]) / min(w["readings"]) - 1 for w in writes if len(w["readings"]) > 1]
+        if len(writes) > 1:
+            lowest = [w["lowest"] for w in writes]
+            between.append(max(lowest) / min(lowest) - 1)
+    return {
+        "within_write": float(np.median(within)) if within else 0.0,
+        "run_to_run": float(np.median(between)) if between else 0.0,
+    }
+
+
+def pooled(new: dict[str, Any], old: dict[str, Any] | None, at: str, old_at: str) -> dict[str, Any]:
+    """One policy's timing on one target, pooled with an earlier write's of the same policy (``old``; None: none): each
+    write keeps its readings and its counted (lowest) ratio; the cell's ratio is the median of the writes' ratios and
+    ``readings`` all of them. Writes hours apart see what one write cannot: the shared machine's slow drift."""
+    if "readings" not in new:  # not measured (an error): nothing to pool
+        return new
+    earlier = []
+    if old and old.get("readings"):
+        earlier = old.get("writes") or [{"at": old_at, "lowest": old["latency_ratio"], "readings": old["readings"]}]
+    writes = [*earlier, {"at": at, "lowest": new["latency_ratio"], "readings": new["readings"]}]
+    return new | {
+        "latency_ratio": float(np.median([w["lowest"] for w in writes])),
+        "readings": [r for w in writes for r in w["readings"]],
+        "writes": writes,
+    }
 
 
 def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: float) -> dict[str, Any]:
@@ -267,39 +303,38 @@ def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: fl
         within = own_ratio <= limit
         holds = within and not beaten and specific
         out[y] = {"holds": holds, "own_within_budget": within, "against": pairs, "repeatability": tolerance}
+        out[y] |= {f"repeatability_{k}": v for k, v in repeatability(cell, y).items()}
         if not within:
             out[y]["why"] = f"its own policy re-measured over the budget there ({own_ratio:.3f} > {budget:.2f})"
     return out
 
 
-def predictor_mapes(model: str, targets: list[str], n: int, seed: int) -> dict[str, Any]:
-    """Each target's predictor on ``n`` random policies of ``model`` (random weights; calibrated on 12 others, as
-    ``bench.hardware``), and the timing's own repeatability on the same policies (each measured twice)."""
-    import tempfile
-
+def predictor_mapes(model: str, targets: list[str], n: int, seed: int, round_to: int) -> dict[str, Any]:
+    """Each target's predictor on ``n`` random policies of ``model`` (random weights, channels rounded as the searches
+    round them; calibrated on 12 others, as ``bench.hardware``), and the timing's own repeatability on the same policies
+    (each measured twice). The per-layer table comes from the latency cache the searches filled (the policies themselves
+    are new artifacts: timed afresh)."""
     from bench.hardware import predictor_error
-    from hardware.cache import LatencyCache
     from hardware.client import LatencyClient
     from hardware.targets import get_target
 
     out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in targets:
-            client = LatencyClient(get_target(name), cache=LatencyCache(Path(tmp) / f"{name}.sqlite"))
-            started = time.time()
-            try:
-                result = predictor_error(model, client, 12, n, seed, repeat=True)
-            except Exception as error:  # noqa: BLE001 - one target's failure (a runtime's precision check) is a result too
-                out[name] = {"error": f"{type(error).__name__}: {error}"}
-                print(f"predictor {model} on {name}: failed: {out[name]['error']}", flush=True)
-                continue
-            keys = ("evaluated", "mape_ms", "mape_ratio", "mape_uncalibrated_sum", "mape_repeat", "calibration")
-            out[name] = {k: result[k] for k in keys} | {"seconds": time.time() - started}
-            print(
-                f"predictor {model} on {name}: MAPE ratio {result['mape_ratio']:.1f}% on {n} policies, "
-                f"the timing's own {result['mape_repeat']:.1f}% ({time.time() - started:.0f} s)",
-                flush=True,
-            )
+    for name in targets:
+        client = LatencyClient(get_target(name))
+        started = time.time()
+        try:
+            result = predictor_error(model, client, 12, n, seed, repeat=True, round_to=round_to)
+        except Exception as error:  # noqa: BLE001 - one target's failure (a runtime's precision check) is a result too
+            out[name] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"predictor {model} on {name}: failed: {out[name]['error']}", flush=True)
+            continue
+        keys = ("evaluated", "round_to", "mape_ms", "mape_ratio", "mape_uncalibrated_sum", "mape_repeat", "calibration")
+        out[name] = {k: result[k] for k in keys} | {"seconds": time.time() - started, "table_timed": result["table_timed"]}
+        print(
+            f"predictor {model} on {name}: MAPE ratio {result['mape_ratio']:.1f}% on {n} policies, "
+            f"the timing's own {result['mape_repeat']:.1f}% ({time.time() - started:.0f} s)",
+            flush=True,
+        )
     return out
 
 
@@ -329,15 +364,17 @@ def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out: dict[str, Any] = {"environment": environment(), "targets": targets, "cells": {}, "failed_searches": failed}
+    if args.only == "predictor":
+        out |= {"environment": old.get("environment", out["environment"]), "failed_searches": old.get("failed_searches", {})}
     for key, cell in old.get("cells", {}).items():  # the cells of earlier plans stay (each with the machine and date it ran)
         out["cells"][key] = {"environment": old.get("environment", {})} | cell
     out["feasible"] = old.get("feasible", {})
     out["predictor"] = _predictor_by_model(old.get("predictor", {}))
     if args.predictor_policies:
         for model in models(args):
-            out["predictor"][model] = predictor_mapes(model, targets, args.predictor_policies, args.seed)
+            out["predictor"][model] = predictor_mapes(model, targets, args.predictor_policies, args.seed, args.round_to)
             write_atomic(RESULTS, json.dumps(old | {"predictor": out["predictor"]}, indent=1) + "\n")  # kept if a later step fails
-    for model, budget in plan(args.plan):
+    for model, budget in plan(args.plan) if args.only != "predictor" else []:
         cell: dict[str, Any] = {"model": model, "budget": budget, "method": args.method, "episodes": args.episodes, "seed": args.seed}
         cell |= {"environment": environment(), "rows": {}}
         for run in runs(args):
@@ -360,11 +397,20 @@ def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
             )
             cell["rows"][run["target"]] = row
         measured = {x: row for x, row in cell["rows"].items() if "policy" in row}
+        key = f"{model}:{budget:.2f}"
+        earlier = old.get("cells", {}).get(key, {})
+        if earlier.get("environment", {}).get("cpu") != cell["environment"]["cpu"]:
+            earlier = {}  # another machine's timings are not pooled: ratios differ between CPUs
+        old_at = earlier.get("written_at") or earlier.get("environment", {}).get("date", "?")
+        cell["written_at"] = time.strftime("%Y-%m-%d %H:%M")
         for x, on in (measure_cell(model, budget, measured, targets, args) if measured else {}).items():
+            before = earlier.get("rows", {}).get(x, {})
+            same = before.get("policy") == cell["rows"][x]["policy"]  # a policy searched again starts its writes afresh
+            on = {y: pooled(v, before.get("on", {}).get(y) if same else None, cell["written_at"], old_at) for y, v in on.items()}
             cell["rows"][x]["on"] = on
             print(f"{cell['rows'][x]['run']}: " + ", ".join(f"{y} {v['latency_ratio']:.3f}" for y, v in on.items()), flush=True)
         cell["verdicts"] = verdicts(cell, targets, budget, args.accuracy_margin)
-        out["cells"][f"{model}:{budget:.2f}"] = cell
+        out["cells"][key] = cell
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(RESULTS, json.dumps(out, indent=1) + "\n")
     plots = [plot(cell, targets) for cell in out["cells"].values() if any("on" in r for r in cell["rows"].values())]
@@ -407,14 +453,21 @@ def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace
         "",
         "`python -m bench.targets`: per model and budget, one search per target (the budget a ratio to the uncompressed model "
         "on that target). Rows: the best within-budget policy searched for a target; columns: its latency ratio re-measured "
-        f"on each target (lowest of {args.timings} uncached readings); accuracy after the fixed {args.finetune_steps}-step "
-        "fine-tune. Raw data: `bench/results/targets.json`.",
+        f"on each target (lowest of {args.timings} uncached readings in a write; the median over writes); accuracy after the "
+        f"fixed {args.finetune_steps}-step fine-tune. Raw data: `bench/results/targets.json`.",
         "",
     ]
     for cell in out["cells"].values():
         ran = cell.get("environment", {})
         how = f"{cell.get('method', args.method)}, {cell.get('episodes', args.episodes)} episodes per target, seed {cell.get('seed', 0)}"
         lines += [f"**{cell['model']} at {cell['budget']:.0%}** ({how}; {ran.get('cpu', '?')}, {ran.get('date', '?')})", ""]
+        times = sorted({w["at"] for row in cell["rows"].values() for on in row.get("on", {}).values() for w in on.get("writes", [])})
+        if len(times) > 1:
+            lines += [
+                f"Timed in {len(times)} writes ({', '.join(times)}); a cell is the median of its writes' ratios (a policy searched "
+                "again since an earlier write has only the writes after it).",
+                "",
+            ]
         lines.append("| searched for | val. acc. | after fine-tune | " + " | ".join(f"on {t}" for t in out["targets"]) + " |")
         lines.append("|---|---|---|" + "---|" * len(out["targets"]))
         for x, row in cell["rows"].items():
@@ -432,7 +485,14 @@ def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 continue
             word = "holds" if v["holds"] else "does not hold"
             reason = f" ({v['why']})" if v.get("why") else ""
-            tolerance = f" (the timing's repeatability there: {100 * v['repeatability']:.0f}%)" if "repeatability" in v else ""
+            tolerance = ""
+            if "repeatability" in v:
+                parts = [f"{100 * v['repeatability']:.0f}%"]
+                if "repeatability_within_write" in v:
+                    parts.append(f"within a write {100 * v['repeatability_within_write']:.0f}%")
+                if v.get("repeatability_run_to_run"):
+                    parts.append(f"between writes {100 * v['repeatability_run_to_run']:.0f}%")
+                tolerance = f" (the timing's repeatability there: {', '.join(parts)})"
             against = "; ".join(f"{x}'s policy: {why}" for x, why in v["against"].items())
             lines.append(f"- on {y}: the claim {word}{reason}{tolerance}; {against}")
         lines.append("")
@@ -455,7 +515,8 @@ def readme_lines(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                     lines.append(f"- {model} on {t}: failed ({p['error']})")
                     continue
                 own = "" if p.get("mape_repeat") is None else f", the timing's own {p['mape_repeat']:.1f}%"
-                lines.append(f"- {model} on {t}: {p['mape_ratio']:.1f}% on {p['evaluated']} random policies{own}")
+                rounded = f" (channels in multiples of {p.get('round_to', 8)})"
+                lines.append(f"- {model} on {t}: {p['mape_ratio']:.1f}% on {p['evaluated']} random policies{rounded}{own}")
         lines.append("")
     lines += [f"![{p}](results/{p})" for p in plots]
     return lines
@@ -471,7 +532,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.only in (None, "search"):
         failed = search_all(args)
         print(f"searches done in {(time.time() - started) / 60:.1f} min", flush=True)
-    if args.only in (None, "write"):
+    if args.only in (None, "write", "predictor"):
         return write(args, failed)
     return None
 

@@ -70,6 +70,7 @@ def test_the_claim_holds_only_where_the_own_policy_is_not_beaten_on_its_target()
     ("argv", "message"),
     [
         (["--targets", "local-cpu,tpu"], "--targets: unknown hardware target 'tpu'; known targets: arm-board, local-cpu"),
+        (["--only", "predictor"], "--only predictor: give --predictor-policies N (N >= 1)"),
         (["--plan", "resnet56:40"], "--plan: 'resnet56:40' is not model:budget with a budget in (0, 1), e.g. resnet56:0.4"),
     ],
 )
@@ -83,7 +84,7 @@ def test_predictor_errors_are_kept_per_model_and_shown_next_to_the_timings_own()
     first = {"local-cpu": {"evaluated": 50, "mape_ratio": 13.9}, "local-cpu-2t": {"error": "RuntimeError: x"}}
     # the first run's layout (target -> result, on ResNet-20) is read as ResNet-20's
     assert bench_targets._predictor_by_model(first) == {"resnet20": first}
-    by_model = {"resnet20": first, "resnet56": {"local-cpu-2t": {"evaluated": 50, "mape_ratio": 21.0, "mape_repeat": 18.5}}}
+    by_model = {"resnet20": first, "resnet56": {"local-cpu-2t": {"evaluated": 50, "mape_ratio": 21.0, "mape_repeat": 18.5, "round_to": 16}}}
     assert bench_targets._predictor_by_model(by_model) == by_model
     args = bench_targets.parse_args(["--plan", "resnet56:0.5"])
     feasible = {
@@ -95,6 +96,29 @@ def test_predictor_errors_are_kept_per_model_and_shown_next_to_the_timings_own()
     out = {"environment": {"cpu": "cpu", "date": "d"}, "targets": TARGETS, "cells": {}, "predictor": by_model, "feasible": feasible}
     lines = bench_targets.readme_lines(out, [], args)
     assert "- resnet56: local-cpu 26.8% (min keep, 8-bit); local-cpu-2t 48.0% (min keep, 8-bit)" in lines
-    assert "- resnet20 on local-cpu: 13.9% on 50 random policies" in lines
+    assert "- resnet20 on local-cpu: 13.9% on 50 random policies (channels in multiples of 8)" in lines
     assert "- resnet20 on local-cpu-2t: failed (RuntimeError: x)" in lines
-    assert "- resnet56 on local-cpu-2t: 21.0% on 50 random policies, the timing's own 18.5%" in lines
+    assert "- resnet56 on local-cpu-2t: 21.0% on 50 random policies (channels in multiples of 16), the timing's own 18.5%" in lines
+
+
+def test_writes_hours_apart_are_pooled_and_their_spread_counts_when_larger_than_one_writes() -> None:
+    first = {"latency_ratio": 0.090, "readings": [0.090, 0.092, 0.093]}
+    second = {"latency_ratio": 0.100, "readings": [0.100, 0.101, 0.103]}
+    one = bench_targets.pooled(first, None, "09:00", "?")
+    assert one["latency_ratio"] == 0.090 and len(one["writes"]) == 1
+    two = bench_targets.pooled(second, first, "11:00", "08:00")  # an earlier write of the old layout (no "writes")
+    assert [w["at"] for w in two["writes"]] == ["08:00", "11:00"]
+    assert two["latency_ratio"] == pytest.approx(0.095) and len(two["readings"]) == 6
+    three = bench_targets.pooled({"latency_ratio": 0.094, "readings": [0.094, 0.095]}, two, "14:00", "?")
+    assert [w["lowest"] for w in three["writes"]] == [0.090, 0.100, 0.094] and three["latency_ratio"] == 0.094
+    failed = bench_targets.pooled({"latency_ratio": float("nan"), "error": "x"}, two, "14:00", "?")
+    assert "writes" not in failed and failed["error"] == "x"  # a failed measurement is not pooled
+    # within one write the readings repeat within 3%; between writes within 11%: the verdicts use 11%
+    cell = {"rows": {"a": {"on": {"local-cpu": two}}, "b": {"on": {"local-cpu": bench_targets.pooled(second, first, "11:00", "08:00")}}}}
+    spread = bench_targets.repeatability(cell, "local-cpu")
+    assert spread["within_write"] == pytest.approx((0.093 / 0.090 + 0.103 / 0.100) / 2 - 1) and spread["run_to_run"] == pytest.approx(
+        0.100 / 0.090 - 1
+    )
+    assert bench_targets.spread(cell, "local-cpu") == pytest.approx(0.100 / 0.090 - 1)
+    # one write only: the within-write spread (at least 3%)
+    assert bench_targets.spread({"rows": {"a": {"on": {"local-cpu": one}}}}, "local-cpu") == pytest.approx(0.0333, abs=1e-3)
