@@ -18,9 +18,9 @@ highest / lowest reading counts, at least 3%). Each write is pooled with the ear
 same CPU (``targets.json`` keeps every write's readings): a cell is the median of its writes' ratios, and the spread
 between writes (run to run: the shared machine drifts over hours) counts when larger than the spread within one.
 Also per target: the latency predictor's error (MAPE of the predicted ratio) on the search's own measured episodes,
-and with ``--predictor-policies N`` on N
-random policies of each model of the plan (calibrated on 12 others, as ``bench.hardware``), next to the timing's
-own repeatability on the same policies (each timed twice).
+and with ``--predictor-policies N`` on N random policies of each model of the plan (channels rounded as the searches
+round them, calibrated on 12 others, as ``bench.hardware``), next to the timing's own repeatability on the same
+policies (each timed twice); ``--only predictor`` runs that part alone.
 
 Writes ``bench/results/targets.json``, ``bench/results/targets-<model>-b<budget>.png`` and the
 ``targets`` section of ``bench/README.md``.
