@@ -116,9 +116,8 @@ def test_writes_hours_apart_are_pooled_and_their_spread_counts_when_larger_than_
     # within one write the readings repeat within 3%; between writes within 11%: the verdicts use 11%
     cell = {"rows": {"a": {"on": {"local-cpu": two}}, "b": {"on": {"local-cpu": bench_targets.pooled(second, first, "11:00", "08:00")}}}}
     spread = bench_targets.repeatability(cell, "local-cpu")
-    assert spread["within_write"] == pytest.approx((0.093 / 0.090 + 0.103 / 0.100) / 2 - 1) and spread["run_to_run"] == pytest.approx(
-        0.100 / 0.090 - 1
-    )
+    assert spread["within_write"] == pytest.approx((0.093 / 0.090 + 0.103 / 0.100) / 2 - 1)
+    assert spread["run_to_run"] == pytest.approx(0.100 / 0.090 - 1)
     assert bench_targets.spread(cell, "local-cpu") == pytest.approx(0.100 / 0.090 - 1)
     # one write only: the within-write spread (at least 3%)
     assert bench_targets.spread({"rows": {"a": {"on": {"local-cpu": one}}}}, "local-cpu") == pytest.approx(0.0333, abs=1e-3)
