@@ -196,6 +196,7 @@ class EnvConfig:
             "seed",
             "round_to",  # the predictor's layer specs and the sensitivity depend on round_to and min_keep
             "min_keep",
+            "block_drop",  # the predictor's calibration models (without some blocks when on)
             "sensitivity_images",
             "calibration_images",
             "objective",

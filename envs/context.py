@@ -209,6 +209,7 @@ class EnvContext:
                 keep = {g: rng.uniform(self.config.min_keep, 1.0) for g in s.group_names}
                 precision = {n: Precision(8, 8) for n in s.layer_names if rng.random() < 0.5}
                 policies.append(CompressionPolicy(keep, precision))
+            policies += self._drop_policies(rng, narrow, int8)
             # Each model is timed interleaved with the reference and enters the fit as ratio x the reference's time: a
             # candidate's own median drifted up to 1.9x between runs here (shared 2-core box), the ratio by a few percent.
             reference_ms = self.client.measure(self.reference, self.reference).candidate.median_ms
@@ -233,7 +234,7 @@ class EnvContext:
                     self.client.remember(name, self.reference, m)
                     ratios.append(m.ratio)
             samples = [(layer_specs(s, p, self.config.round_to), r * reference_ms) for p, r in zip(policies, ratios, strict=True)]
-            predictor.calibrate(samples, anchor=self.CALIBRATION_ANCHORS)
+            predictor.calibrate(samples, anchor=self.calibration_anchors)
             log.info("latency predictor calibrated: %s", predictor.calibration)
             self._calibration = samples
             self._predictor = predictor
@@ -253,6 +254,32 @@ class EnvContext:
     # feasibility near the floor, and there an error of 0.48 predicted for 0.40 measured (ResNet-20 at 10% keep, fp32,
     # AMX Xeon) left a 50% budget almost no room: every episode became the same heavily pruned policy at chance.
     CALIBRATION_ANCHORS = (0, 1, 2, 3)
+    # Block removal (``block_drop``): 4 more calibration models, one with every droppable block dropped (the floor, also an
+    # anchor) and 3 with random blocks dropped. Without them the table's fit had never seen a model without its blocks:
+    # ResNet-56 at 33% with block removal (Intel Xeon) measured 20-43% above the prediction in its first 9 episodes,
+    # each confirmed by up to 9 more timings (30-100 s per episode instead of 1-2) and the wall's margin at its cap.
+    DROP_CALIBRATION = 3
+
+    @property
+    def calibration_anchors(self) -> tuple[int, ...]:
+        """The calibration samples the fit passes through: ``CALIBRATION_ANCHORS``, and with ``block_drop`` the floor with
+        every block dropped (the 15th)."""
+        return self.CALIBRATION_ANCHORS + ((14,) if self.config.block_drop and self.structure.blocks else ())
+
+    def _drop_policies(self, rng: random.Random, narrow: dict[str, float], int8: dict[str, Precision]) -> list[CompressionPolicy]:
+        """With ``block_drop``, the calibration models without some residual blocks (``DROP_CALIBRATION``): every droppable
+        block dropped at the narrow int8 floor, then random keep ratios and precisions with each block dropped at 30%."""
+        blocks = [b.group for b in self.structure.blocks] if self.config.block_drop else []
+        if not blocks:
+            return []
+        s = self.structure
+        policies = [CompressionPolicy({**narrow, **dict.fromkeys(blocks, 0.0)}, int8)]
+        for _ in range(self.DROP_CALIBRATION):
+            keep = {g: 0.0 if g in blocks and rng.random() < 0.3 else rng.uniform(self.config.min_keep, 1.0) for g in s.group_names}
+            precision = {n: Precision(8, 8) for n in s.layer_names if rng.random() < 0.5}
+            policies.append(CompressionPolicy(keep, precision))
+        return policies
+
     # Once this many episodes are measured, only the uncompressed model stays an anchor: the extremes' anchors pin all four
     # coefficients, so the episodes could not move the fit where it was wrong. VGG-11 at 10% (AMD EPYC; the archived searches
     # replayed, episodes 10-79 each predicted from those before it): the predicted ratio over-estimated every episode by
@@ -277,7 +304,7 @@ class EnvContext:
     def _recalibrate(self) -> None:
         predictor, reference_ms = self.predictor, self.reference_ms
         recent = [(sp, measured * reference_ms) for sp, _, measured in self._observed[-self.ONLINE_SAMPLES :]]
-        anchors = self.CALIBRATION_ANCHORS if len(recent) < self.ANCHOR_RELEASE else self.CALIBRATION_ANCHORS[:1]
+        anchors = self.calibration_anchors if len(recent) < self.ANCHOR_RELEASE else self.calibration_anchors[:1]
         predictor.calibrate(self._calibration + recent, anchor=anchors)
 
     def replay_observations(self, records: list[dict[str, Any]]) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bench.search.run import aggregate, run_metrics
 
 
@@ -47,3 +49,79 @@ def test_run_metrics_report_the_best_within_budget_after_10_and_30_episodes_and_
     aggregate(cell)
     assert cell["best_at_10"] == [metrics["best_at_10"], 0.5]
     assert cell["screening_kendall_tau"] == [1.0]  # the unscreened seed has none
+
+
+def _archive_of(module, run: dict, cpu: str, records: list[dict] | None = None, **header) -> None:
+    module.write_archive(run, {"run": run, "state": {}, "config": {}, "cpu": cpu, **header}, records or [])
+
+
+def test_a_search_on_another_cpu_than_its_sets_archives_is_refused_unless_tagged(tmp_path, monkeypatch) -> None:
+    from bench.search import run as module
+
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr("hardware.protocol.cpu_model", lambda: "Intel(R) Xeon(R) Processor")
+    args = module.parse_args(["--plan", "resnet56:0.33", "--methods", "sac,ppo", "--seeds", "1"])
+    sac, ppo = module.plan(args)
+    _archive_of(module, {**sac, "method": "tpe"}, "AMD EPYC")  # another method of the same set, searched on the EPYC
+    with pytest.raises(module.MachineError, match=r"searched on AMD EPYC.*resnet56-b33-r16-sac-paced-s0.*--machine xeon"):
+        module.check_machine([sac, ppo])
+    # another budget's set, or every planned run archived already: nothing to refuse
+    module.check_machine([{**sac, "budget": 0.4}])
+    _archive_of(module, sac, "AMD EPYC")
+    _archive_of(module, ppo, "AMD EPYC")
+    module.check_machine([sac, ppo])
+
+    tagged = module.plan(module.parse_args(["--plan", "resnet56:0.33", "--methods", "sac", "--seeds", "1", "--machine", "xeon"]))
+    assert module.run_name(tagged[0]) == "resnet56-b33-r16-sac-paced-s0-mxeon"
+    module.check_machine(tagged)  # a separate set: the EPYC's archives are not its
+    _archive_of(module, {**tagged[0], "seed": 1}, "Intel(R) Xeon(R) Processor")
+    module.check_machine(tagged)  # its own archives are from this CPU
+    with pytest.raises(SystemExit):
+        module.parse_args(["--machine", "Xeon 2"])
+
+
+def test_a_refused_budget_is_archived_as_an_outcome_and_reported_with_its_floor(tmp_path, monkeypatch, capsys) -> None:
+    import gzip
+    import json
+    import subprocess
+
+    from bench.search import run as module
+
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr(module, "base_checkpoint", lambda model: "unused")
+    run = module.plan(module.parse_args(["--plan", "resnet56:0.33", "--methods", "sac", "--seeds", "1", "--machine", "xeon"]))[0]
+
+    def refused(command, **kwargs):  # galen search's BudgetError: the range is saved in the run's state, exit 1
+        run_dir = tmp_path / "runs" / module.run_name(run)
+        run_dir.mkdir(parents=True)
+        (run_dir / "state.json").write_text(json.dumps({"feasible_range": [0.336, 1.0], "feasible_extreme": "min keep, 8-bit"}))
+        return subprocess.CompletedProcess(command, 1)
+
+    monkeypatch.setattr(module.subprocess, "run", refused)
+    module.search(run, episodes=80)
+    header = json.loads(gzip.decompress(module.archive(run).read_bytes()).decode().splitlines()[0])
+    assert header["refused"] == {"floor": 0.336, "extreme": "min keep, 8-bit"}
+    assert "refused, the budget is below the floor (0.336)" in capsys.readouterr().out
+    module.search(run, episodes=80)  # archived: not searched again (the fake would fail on the existing run dir)
+
+    def crashed(command, **kwargs):  # any other failure is an error, not an outcome
+        return subprocess.CompletedProcess(command, 1)
+
+    other = {**run, "budget": 0.4}
+    monkeypatch.setattr(module.subprocess, "run", crashed)
+    with pytest.raises(subprocess.CalledProcessError):
+        module.search(other, episodes=80)
+    assert not module.archive(other).exists()
+
+    monkeypatch.setattr(module, "REPO", tmp_path)  # write_readme writes REPO / bench / README.md
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "README.md").write_text("# bench\n")
+    metrics = module.run_metrics("sac", [])
+    metrics.pop("best")
+    cell = {"seeds": [{"seed": 0, "wall_seconds_per_episode": None, "reach_episodes": None, "refused_floor": 0.336, **metrics}]}
+    module.aggregate(cell)
+    args = module.parse_args(["--results", "methods", "--machine", "xeon"])
+    module.write_readme({"proxy_kendall_tau": {}, "resnet56": {"0.33": {"sac": cell}}}, [], args)
+    text = (tmp_path / "bench" / "README.md").read_text()
+    assert "<!-- methods-xeon:begin -->" in text and "the set searched on `--machine xeon`" in text
+    assert "| resnet56 | 33% | sac | 1 | refused (1 of 1): floor 33.6% |" in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import random
 import statistics
 import threading
 import time
@@ -15,6 +16,7 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import envs
+from compression.policy import Precision
 from envs import EnvConfig, EnvConfigError, JointEnv, PruneEnv, QuantizeEnv
 from envs.rewards import reward_parts
 from envs.wall import Option
@@ -464,5 +466,16 @@ def test_block_drop_removes_residual_blocks_under_the_wall_and_lowers_the_floor(
     gone = {layer for g in dropped for layer in blocks[g].layers}
     assert gone and not gone & set(compressed.structure.layer_names)  # the dropped blocks' layers are not in the model
     assert env.ctx.drop_sensitivity[dropped[0]] > 0
+    # the predictor's calibration sees models without blocks (the floor with every block dropped is an anchor); the
+    # context without block removal calibrates as before (14 models, 4 anchors)
+    narrow = dict.fromkeys(env.ctx.structure.group_names, env.ctx.config.min_keep)
+    int8 = {n: Precision(8, 8) for n in env.ctx.structure.layer_names}
+    floor_policy, *drawn = env.ctx._drop_policies(random.Random(0), narrow, int8)
+    assert all(floor_policy.keep[g] == 0.0 for g in blocks) and floor_policy.precision == int8
+    assert len(drawn) == env.ctx.DROP_CALIBRATION and any(0.0 in p.keep.values() for p in drawn)
+    assert env.ctx.calibration_anchors == (0, 1, 2, 3, 14)
+    plain = JointEnv(base).ctx
+    assert plain is not env.ctx and plain.calibration_anchors == (0, 1, 2, 3)
+    assert plain._drop_policies(random.Random(0), narrow, int8) == []
     with pytest.raises(EnvConfigError, match="field 'block_drop' is 'yes'; allowed: true or false"):
         EnvConfig(block_drop="yes")

@@ -18,6 +18,12 @@ played (the uniform safety net every search ends with, and the deterministic rea
 reported apart). Run directories live under ``bench/search/runs/`` (not committed); each finished
 run's episodes are archived to ``bench/search/data/<run>.jsonl.gz`` (committed), so a fresh checkout
 re-writes the results without re-running.
+
+Latency ratios of two CPUs are not comparable (ResNet-56's floor, min keep and int8: 26-29% on the AMD EPYC, 33-36%
+on the Intel Xeon), so one set of runs is searched on one CPU: each archive records the CPU it was searched on, and a
+search on another CPU than the plan's archives stops with an error unless ``--machine TAG`` names a separate set (run
+names end in ``-m<TAG>``; results ``bench/results/<results>-<TAG>.json``, their own README section and plots). The
+untagged archives of ResNet-56 and of ResNet-20 at 40% were searched on the AMD EPYC, ResNet-20 at 50% on the Xeon.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import functools
 import gzip
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -93,7 +100,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=200)
     p.add_argument("--only", choices=("search", "write"), default=None, help="one phase only")
     p.add_argument("--stop-after", type=float, default=None, help="minutes: start no new search after this long")
+    p.add_argument(
+        "--machine",
+        default="",
+        help="a separate set of runs searched on this machine (lower-case letters and digits, e.g. xeon): run names end in "
+        "-m<TAG>, results go to bench/results/<results>-<TAG>.json and a README section of their own (default: none, the "
+        "benchmark's own set; a search on another CPU than its archives' is refused)",
+    )
     args = p.parse_args(argv)
+    if args.machine and not re.fullmatch(r"[a-z0-9]+", args.machine):
+        p.error(f"--machine: {args.machine!r} is not a tag; allowed: lower-case letters and digits (e.g. xeon)")
     unknown = [m for m in args.methods.split(",") if m not in PRESETS]
     if unknown:
         p.error(f"--methods: unknown method {unknown[0]!r}; allowed: {', '.join(PRESETS)}")
@@ -113,6 +129,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             for seed in range(args.seeds):
                 for method in args.methods.split(","):
                     common = {"model": model, "budget": float(budget), "seed": seed, "method": method, "round_to": args.round_to}
+                    if args.machine:
+                        common["machine"] = args.machine
                     if distill_steps(args).get(model):
                         common["distill"] = distill_steps(args)[model]
                     if method == "uniform":
@@ -137,14 +155,15 @@ def method_key(run: dict[str, Any]) -> str:
 
 
 def run_name(run: dict[str, Any]) -> str:
-    """``<model>-b<budget>[-r<round_to>][-d<distill>][-t<target>]-<method>[-<mode>]-s<seed>``; no mode suffix for ``relative`` (the
-    archives before ``paced`` existed), none for uniform (it plays without the wall)."""
+    """``<model>-b<budget>[-r<round_to>][-d<distill>][-t<target>]-<method>[-<mode>]-s<seed>[-m<machine>]``; no mode suffix for
+    ``relative`` (the archives before ``paced`` existed), none for uniform (it plays without the wall)."""
     mode = run.get("wall_mode", "paced")
     mode = "" if mode == "relative" or run["method"] == "uniform" else f"-{mode}"
     rounding = "" if run.get("round_to", 8) == 8 else f"-r{run['round_to']}"
     distill = f"-d{run['distill']}" if run.get("distill") else ""
     target = "" if run.get("target", "local-cpu") == "local-cpu" else f"-t{run['target']}"  # bench.targets' searches
-    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}{distill}{target}-{run['method']}{mode}-s{run['seed']}"
+    machine = f"-m{run['machine']}" if run.get("machine") else ""
+    return f"{run['model']}-b{round(100 * run['budget'])}{rounding}{distill}{target}-{run['method']}{mode}-s{run['seed']}{machine}"
 
 
 @functools.cache
@@ -197,6 +216,7 @@ def archive(run: dict[str, Any]) -> Path:
 
 def search(run: dict[str, Any], episodes: int) -> None:
     from agents.recorder import read_episodes
+    from hardware.protocol import cpu_model
 
     if archive(run).exists():
         return
@@ -211,14 +231,61 @@ def search(run: dict[str, Any], episodes: int) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: searching", flush=True)
-    subprocess.run(command, cwd=REPO, env=env, check=True)
-    state = json.loads((run_dir / rundir.STATE).read_text())
+    done = subprocess.run(command, cwd=REPO, env=env, check=False)
+    state = json.loads((run_dir / rundir.STATE).read_text()) if (run_dir / rundir.STATE).exists() else {}
+    header = {"run": run, "state": state, "config": config, "cpu": cpu_model()}
+    floor = (state.get("feasible_range") or [None])[0]
+    if done.returncode and floor is not None and run["budget"] < floor:
+        # refused before its first episode: the budget is below this CPU's floor for the env (galen search's BudgetError);
+        # an outcome of the method on this machine (block removal reaches budgets channel pruning cannot), archived as such
+        write_archive(run, {**header, "refused": {"floor": floor, "extreme": state.get("feasible_extreme")}}, [])
+        print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: refused, the budget is below the floor ({floor:.3f})", flush=True)
+        return
+    if done.returncode:
+        raise subprocess.CalledProcessError(done.returncode, command)
     records = read_episodes(run_dir)
-    archive(run).parent.mkdir(parents=True, exist_ok=True)
-    with gzip.GzipFile(archive(run), "wb", mtime=0) as handle:
-        text = json.dumps({"run": run, "state": state, "config": config}) + "\n" + "".join(json.dumps(r) + "\n" for r in records)
-        handle.write(text.encode())
+    write_archive(run, header, records)
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: {len(records)} episodes, {time.time() - started:.0f} s", flush=True)
+
+
+def write_archive(run: dict[str, Any], header: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    """``data/<run>.jsonl.gz``: the header line, then one line per episode; written whole or not at all (an archive that
+    exists is a finished run)."""
+    path = archive(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with gzip.GzipFile(partial, "wb", mtime=0) as handle:
+        handle.write((json.dumps(header) + "\n" + "".join(json.dumps(r) + "\n" for r in records)).encode())
+    os.replace(partial, path)
+
+
+class MachineError(RuntimeError):
+    """A search on another CPU than the archives of the set it would join."""
+
+
+def check_machine(runs: list[dict[str, Any]]) -> None:
+    """Refuse to search a run whose set (model, budget, rounding, distillation, target and ``--machine`` tag alike) has
+    archives searched on another CPU (their latency ratios differ): every archive in ``data/`` counts, not only the plan's."""
+    from hardware.protocol import cpu_model
+
+    here = cpu_model()
+    fields = ("model", "budget", "round_to", "distill", "target", "machine")
+    pending = [run for run in runs if not archive(run).exists()]
+    if not pending:
+        return
+    for path in sorted((ROOT / "data").glob("*.jsonl.gz")):
+        with gzip.open(path, "rt") as handle:
+            header = json.loads(handle.readline())
+        cpu, done = header.get("cpu"), header["run"]
+        same = [r for r in pending if all(r.get(f) == done.get(f) for f in fields)]
+        if cpu and cpu != here and same:
+            words = re.findall(r"[a-z0-9]+", here.lower().replace("(r)", ""))
+            tag = next((w for w in ("xeon", "epyc", "graviton", "neoverse") if w in words), words[0] if words else "here")
+            raise MachineError(
+                f"bench.search: {run_name(done)} was searched on {cpu}, this machine is {here}: latency ratios of two CPUs are "
+                f"not comparable, so {run_name(same[0])} would not join that set; search it on {cpu}, or pass --machine TAG "
+                f"(e.g. --machine {tag}) to search a separate set on this machine"
+            )
 
 
 def load(run: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -282,15 +349,23 @@ def reach_metrics(records: list[dict[str, Any]], budget: float) -> dict[str, Any
     return {"reach_episodes": reached[0] if reached else None, "reach_seconds": reached[1] if reached else None}
 
 
+def final_key(model: str, budget: float, record: dict[str, Any], finetune_steps: int, round_to: int, machine: str) -> str:
+    """The re-measurement cache's key (``data/final.json``) of a run's best policy."""
+    rounding = "" if round_to == 8 else f"/r{round_to}"
+    return f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}{rounding}" + (
+        f"/m{machine}" if machine else ""
+    )
+
+
 def final_measure(
-    model: str, budget: float, record: dict[str, Any], finetune_steps: int, cache: dict[str, Any], round_to: int = 8
+    model: str, budget: float, record: dict[str, Any], finetune_steps: int, cache: dict[str, Any], round_to: int = 8, machine: str = ""
 ) -> dict[str, Any]:
     """Re-measured latency ratio (uncached, the fastest-reference one of 5) and test accuracy after the fixed fine-tune.
 
-    ``round_to``: the run's (a keep ratio means other channel counts under another rounding).
+    ``round_to``: the run's (a keep ratio means other channel counts under another rounding); ``machine``: the run set's
+    tag (``--machine``; the same policy re-measured on another CPU is another entry).
     """
-    rounding = "" if round_to == 8 else f"/r{round_to}"
-    key = f"{model}/{budget}/{json.dumps(record['policy'], sort_keys=True)}/{finetune_steps}{rounding}"
+    key = final_key(model, budget, record, finetune_steps, round_to, machine)
     if key in cache and "reference_ms" in cache[key]:
         return cache[key]
     from compression.pipeline import compress
@@ -328,9 +403,19 @@ def final_measure(
     return cache[key]
 
 
+def results_name(args: argparse.Namespace) -> str:
+    """``search``, ``methods``, or with ``--machine TAG`` ``<results>-<TAG>`` (its json, plots and README section)."""
+    return f"{args.results}-{args.machine}" if args.machine else args.results
+
+
 def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """search.json, the plot and the README section from the archived runs (re-measure and fine-tune what is new)."""
+    """search.json, the plot and the README section from the archived runs (re-measure and fine-tune what is new).
+
+    A best policy is re-measured on the CPU its run was searched on only: an archive of another CPU whose best is not in
+    the cache yet keeps its search-time numbers (no re-measured latency, no fine-tune) until written there.
+    """
     from envs.jsonio import dumps, write_atomic
+    from hardware.protocol import cpu_model
 
     final_path = ROOT / "data" / "final.json"
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
@@ -351,10 +436,17 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         metrics["wall_seconds_per_episode"] = wall_seconds_per_episode(records, header["state"].get("seconds"))
         own = [r for r in records if r["source"] == algo_of(run["method"])]
         metrics.update(reach_metrics(own, run["budget"]))
+        if header.get("refused"):
+            metrics["refused_floor"] = header["refused"]["floor"]  # no episode: the budget is below the floor here
         cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
         best = metrics.pop("best")
-        if best is not None:
-            final = final_measure(model, run["budget"], best, args.finetune_steps, cache, run.get("round_to", 8))
+        searched_on = header.get("cpu")
+        key = final_key(model, run["budget"], best, args.finetune_steps, run.get("round_to", 8), run.get("machine", "")) if best else ""
+        if best is not None and searched_on and searched_on != cpu_model() and key not in cache:
+            print(f"{run_name(run)}: searched on {searched_on}, not re-measured here ({cpu_model()}); write it there", flush=True)
+            metrics.update(best_accuracy=best["accuracy"], best_episode=best["episode"], best_policy=best["policy"], cpu=searched_on)
+        elif best is not None:
+            final = final_measure(model, run["budget"], best, args.finetune_steps, cache, run.get("round_to", 8), run.get("machine", ""))
             write_atomic(final_path, dumps(cache, indent=1))
             metrics.update(
                 best_accuracy=best["accuracy"],
@@ -372,8 +464,8 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         for methods in budgets.values():
             for cell in methods.values():
                 aggregate(cell)
-    write_atomic(RESULTS.with_name(f"{args.results}.json"), json.dumps(out, indent=1) + "\n")
-    plots = plot(curves, out, args.results)
+    write_atomic(RESULTS.with_name(f"{results_name(args)}.json"), json.dumps(out, indent=1) + "\n")
+    plots = plot(curves, out, results_name(args))
     write_readme(out, plots, args)
     return out
 
@@ -425,6 +517,8 @@ def plot(curves: dict[tuple[str, str], dict[str, list[list[float]]]], out: dict[
                     ax.axhline(100 * best, color="k", ls="--", lw=1, label="best uniform policy")
                 continue
             n = min(len(c) for c in runs)
+            if n == 0:  # a refused run (budget below the floor): no curve
+                continue
             array = 100 * np.array([c[:n] for c in runs])
             for row in array:
                 ax.plot(row, lw=0.5, alpha=0.4, color=color)
@@ -450,8 +544,9 @@ def _fmt(values: list[float]) -> str:
 
 
 def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace) -> None:
-    name = args.results
-    lines = [f"<!-- {name}:begin -->", TITLES[name], ""]
+    name = results_name(args)
+    title = TITLES[args.results] + (f", the set searched on `--machine {args.machine}`" if args.machine else "")
+    lines = [f"<!-- {name}:begin -->", title, ""]
     cells = [x for m, b in out.items() if m != "proxy_kendall_tau" for c in b.values() for x in c.values()]
     cpus = {s.get("cpu") for x in cells for s in x["seeds"]}
     lines.append(
@@ -459,7 +554,7 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
         f"CPU: {', '.join(sorted(c for c in cpus if c))}). Raw data: `bench/results/{name}.json`; episodes: `bench/search/data/`."
     )
     lines.append("")
-    early = name == "methods"  # the methods table: also the best after the first 10 and 30 episodes (Condensa's setting)
+    early = args.results == "methods"  # the methods table: also the best after the first 10 and 30 episodes (Condensa's setting)
     lines.append(
         "| model | budget | method | seeds | within budget (strict / +3%) | "
         + ("best after 10 / 30 episodes | " if early else "")
@@ -477,6 +572,11 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 learn = f"{_fmt([f for f in first if f is not None])} → {_fmt([v for v in last if v is not None])}"
                 mape = f"{c['predictor_mape']:.1f}%" if c["predictor_mape"] is not None else ""
                 rates = f"{100 * c['within_budget_rate']:.0f}% / {100 * c['within_budget_rate_tolerant']:.0f}%"
+                floors = [s["refused_floor"] for s in c["seeds"] if "refused_floor" in s]
+                if floors:  # refused seeds: the budget was below the env's floor on this CPU when they started
+                    rates = f"refused ({len(floors)} of {len(c['seeds'])}): floor {100 * min(floors):.1f}%" + (
+                        f", others {rates}" if len(floors) < len(c["seeds"]) else ""
+                    )
                 accuracies = f"{_fmt(c['best_accuracy'])} | {_fmt(c['best_accuracy_after_finetune'])}"
                 if early:
                     accuracies = " / ".join(_fmt(c.get(f"best_at_{n}", [])) for n in EARLY) + " | " + accuracies
@@ -564,6 +664,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args)
     started = time.time()
     if args.only in (None, "search"):
+        try:
+            check_machine(runs)
+        except MachineError as error:
+            raise SystemExit(f"error: {error}") from None
         for run in runs:
             if args.stop_after is not None and time.time() - started > 60 * args.stop_after:
                 print("stop-after reached; run again to continue", flush=True)
