@@ -124,4 +124,4 @@ def test_a_refused_budget_is_archived_as_an_outcome_and_reported_with_its_floor(
     module.write_readme({"proxy_kendall_tau": {}, "resnet56": {"0.33": {"sac": cell}}}, [], args)
     text = (tmp_path / "bench" / "README.md").read_text()
     assert "<!-- methods-xeon:begin -->" in text and "the set searched on `--machine xeon`" in text
-    assert "| resnet56 | 33% | sac | 1 | refused (1 of 1): floor 33.6% |" in text
+    assert "| resnet56 | 33% | sac | 1 | refused: floor 33.6% | - | - | - | - | - | - | - | - | ? |" in text

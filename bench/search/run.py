@@ -438,6 +438,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         metrics.update(reach_metrics(own, run["budget"]))
         if header.get("refused"):
             metrics["refused_floor"] = header["refused"]["floor"]  # no episode: the budget is below the floor here
+            metrics["cpu"] = header.get("cpu")
         cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
         best = metrics.pop("best")
         searched_on = header.get("cpu")
@@ -573,6 +574,14 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 mape = f"{c['predictor_mape']:.1f}%" if c["predictor_mape"] is not None else ""
                 rates = f"{100 * c['within_budget_rate']:.0f}% / {100 * c['within_budget_rate_tolerant']:.0f}%"
                 floors = [s["refused_floor"] for s in c["seeds"] if "refused_floor" in s]
+                if len(floors) == len(c["seeds"]):  # every seed refused: nothing else to report
+                    lines.append(
+                        f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | refused: floor {100 * min(floors):.1f}%"
+                        f"{'-' + format(100 * max(floors), '.1f') + '%' if max(floors) > min(floors) else ''} |"
+                        + " - |" * (8 if early else 7)
+                        + f" {_short_cpu(c)} |"
+                    )
+                    continue
                 if floors:  # refused seeds: the budget was below the env's floor on this CPU when they started
                     rates = f"refused ({len(floors)} of {len(c['seeds'])}): floor {100 * min(floors):.1f}%" + (
                         f", others {rates}" if len(floors) < len(c["seeds"]) else ""
