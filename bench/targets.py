@@ -230,7 +230,12 @@ def spread(cell: dict[str, Any], target: str) -> float:
     policies of highest / lowest reading - 1 in one write) and the run-to-run one (the median over its policies timed in
     two or more writes of highest / lowest of the writes' counted ratios - 1); at least ``REPEATABILITY``. Differences of
     latency within it do not count."""
-    return max(REPEATABILITY, *repeatability(cell, target).values())
+    return tolerance_of(repeatability(cell, target))
+
+
+def tolerance_of(spreads: dict[str, float]) -> float:
+    """``spread``'s rule on spreads already computed (``repeatability``): the larger one, at least ``REPEATABILITY``."""
+    return max(REPEATABILITY, *spreads.values())
 
 
 def repeatability(cell: dict[str, Any], target: str) -> dict[str, float]:
@@ -276,7 +281,7 @@ def verdicts(cell: dict[str, Any], targets: list[str], budget: float, margin: fl
             out[y] = {"holds": None, "why": (own or {}).get("why") or "no policy searched for this target"}
             continue
         spreads = repeatability(cell, y)
-        tolerance = max(REPEATABILITY, *spreads.values())  # spread(cell, y), the spreads computed once
+        tolerance = tolerance_of(spreads)
         limit = budget * (1 + tolerance)
         own_ratio, own_acc = own["on"][y]["latency_ratio"], own["accuracy_after_finetune"]
         if own_ratio != own_ratio:  # NaN: not measured there

@@ -205,7 +205,7 @@ class EnvContext:
             narrow = {g: self.config.min_keep for g in s.group_names}
             # The narrow extremes too: without them the fit put ResNet-20 at 10% keep at 59% where it measured 41% (AMX Xeon).
             policies = [CompressionPolicy(), CompressionPolicy(precision=int8), CompressionPolicy(narrow), CompressionPolicy(narrow, int8)]
-            for _ in range(10):
+            for _ in range(self.RANDOM_CALIBRATION):
                 keep = {g: rng.uniform(self.config.min_keep, 1.0) for g in s.group_names}
                 precision = {n: Precision(8, 8) for n in s.layer_names if rng.random() < 0.5}
                 policies.append(CompressionPolicy(keep, precision))
@@ -254,6 +254,7 @@ class EnvContext:
     # feasibility near the floor, and there an error of 0.48 predicted for 0.40 measured (ResNet-20 at 10% keep, fp32,
     # AMX Xeon) left a 50% budget almost no room: every episode became the same heavily pruned policy at chance.
     CALIBRATION_ANCHORS = (0, 1, 2, 3)
+    RANDOM_CALIBRATION = 10  # random policies after the four above
     # Block removal (``block_drop``): 4 more calibration models, one with every droppable block dropped (the floor, also an
     # anchor) and 3 with random blocks dropped. Without them the table's fit had never seen a model without its blocks:
     # ResNet-56 at 33% with block removal (Intel Xeon) measured 20-43% above the prediction in its first 9 episodes,
@@ -263,8 +264,9 @@ class EnvContext:
     @property
     def calibration_anchors(self) -> tuple[int, ...]:
         """The calibration samples the fit passes through: ``CALIBRATION_ANCHORS``, and with ``block_drop`` the floor with
-        every block dropped (the 15th)."""
-        return self.CALIBRATION_ANCHORS + ((14,) if self.config.block_drop and self.structure.blocks else ())
+        every block dropped (the first model after the random ones)."""
+        floor = len(self.CALIBRATION_ANCHORS) + self.RANDOM_CALIBRATION
+        return self.CALIBRATION_ANCHORS + ((floor,) if self.config.block_drop and self.structure.blocks else ())
 
     def _drop_policies(self, rng: random.Random, narrow: dict[str, float], int8: dict[str, Precision]) -> list[CompressionPolicy]:
         """With ``block_drop``, the calibration models without some residual blocks (``DROP_CALIBRATION``): every droppable

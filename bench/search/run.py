@@ -417,6 +417,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
     from envs.jsonio import dumps, write_atomic
     from hardware.protocol import cpu_model
 
+    here = cpu_model()
     final_path = ROOT / "data" / "final.json"
     cache = json.loads(final_path.read_text()) if final_path.exists() else {}
     fidelity_path = REPO / "bench" / "results" / "fidelity.json"
@@ -443,8 +444,8 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         best = metrics.pop("best")
         searched_on = header.get("cpu")
         key = final_key(model, run["budget"], best, args.finetune_steps, run.get("round_to", 8), run.get("machine", "")) if best else ""
-        if best is not None and searched_on and searched_on != cpu_model() and key not in cache:
-            print(f"{run_name(run)}: searched on {searched_on}, not re-measured here ({cpu_model()}); write it there", flush=True)
+        if best is not None and searched_on and searched_on != here and key not in cache:
+            print(f"{run_name(run)}: searched on {searched_on}, not re-measured here ({here}); write it there", flush=True)
             metrics.update(best_accuracy=best["accuracy"], best_episode=best["episode"], best_policy=best["policy"], cpu=searched_on)
         elif best is not None:
             final = final_measure(model, run["budget"], best, args.finetune_steps, cache, run.get("round_to", 8), run.get("machine", ""))
@@ -575,12 +576,10 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 rates = f"{100 * c['within_budget_rate']:.0f}% / {100 * c['within_budget_rate_tolerant']:.0f}%"
                 floors = [s["refused_floor"] for s in c["seeds"] if "refused_floor" in s]
                 if len(floors) == len(c["seeds"]):  # every seed refused: nothing else to report
-                    lines.append(
-                        f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} | refused: floor {100 * min(floors):.1f}%"
-                        f"{'-' + format(100 * max(floors), '.1f') + '%' if max(floors) > min(floors) else ''} |"
-                        + " - |" * (8 if early else 7)
-                        + f" {_short_cpu(c)} |"
-                    )
+                    span = f"{100 * min(floors):.1f}%" + (f"-{100 * max(floors):.1f}%" if max(floors) > min(floors) else "")
+                    dashes = " - |" * (8 if early else 7)
+                    head = f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} |"
+                    lines.append(f"{head} refused: floor {span} |{dashes} {_short_cpu(c)} |")
                     continue
                 if floors:  # refused seeds: the budget was below the env's floor on this CPU when they started
                     rates = f"refused ({len(floors)} of {len(c['seeds'])}): floor {100 * min(floors):.1f}%" + (
