@@ -563,7 +563,8 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
         + "best val. acc. | after fine-tune | "
         "re-measured latency | first 20% → last 20% mean acc. | predictor MAPE | s / episode | episodes (s) to 95% of best | CPU |"
     )
-    lines.append("|---" * (14 if early else 13) + "|")
+    columns = 14 if early else 13
+    lines.append("|---" * columns + "|")
     screened = []  # the screened methods' Kendall tau (predicted vs. scored accuracy), a line under the table
     for model, budgets in out.items():
         if model == "proxy_kendall_tau":
@@ -577,14 +578,12 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
                 floors = [s["refused_floor"] for s in c["seeds"] if "refused_floor" in s]
                 if len(floors) == len(c["seeds"]):  # every seed refused: nothing else to report
                     span = f"{100 * min(floors):.1f}%" + (f"-{100 * max(floors):.1f}%" if max(floors) > min(floors) else "")
-                    dashes = " - |" * (8 if early else 7)
+                    dashes = " - |" * (columns - 6)  # all but model, budget, method, seeds, the refusal and the CPU
                     head = f"| {model} | {float(budget):.0%} | {method} | {len(c['seeds'])} |"
                     lines.append(f"{head} refused: floor {span} |{dashes} {_short_cpu(c)} |")
                     continue
-                if floors:  # refused seeds: the budget was below the env's floor on this CPU when they started
-                    rates = f"refused ({len(floors)} of {len(c['seeds'])}): floor {100 * min(floors):.1f}%" + (
-                        f", others {rates}" if len(floors) < len(c["seeds"]) else ""
-                    )
+                if floors:  # some seeds refused: the budget was below the env's floor on this CPU when they started
+                    rates = f"refused ({len(floors)} of {len(c['seeds'])}): floor {100 * min(floors):.1f}%, others {rates}"
                 accuracies = f"{_fmt(c['best_accuracy'])} | {_fmt(c['best_accuracy_after_finetune'])}"
                 if early:
                     accuracies = " / ".join(_fmt(c.get(f"best_at_{n}", [])) for n in EARLY) + " | " + accuracies
