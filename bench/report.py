@@ -6,14 +6,15 @@ import os
 import time
 from pathlib import Path
 
-from hardware.protocol import cpu_model
+from hardware.protocol import cpu_identity, cpu_model
 
 README = Path(__file__).parent / "README.md"
 HEADER = "# Benchmarks\n\nMeasured on this machine; each section is written by its script (`make bench-<name>`).\n"
 
 
 def environment(**versions: str) -> dict[str, object]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), **versions, "date": time.strftime("%Y-%m-%d")}
+    # cpu_id: the name with x86 family/model/stepping (ARM part): two different CPUs were both named "AMD EPYC"
+    return {"cpu": cpu_model(), "cpu_id": cpu_identity(), "cores": os.cpu_count(), **versions, "date": time.strftime("%Y-%m-%d")}
 
 
 def write_section(name: str, lines: list[str]) -> None:

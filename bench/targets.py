@@ -406,8 +406,9 @@ def write(args: argparse.Namespace, failed: dict[str, str]) -> dict[str, Any]:
         measured = {x: row for x, row in cell["rows"].items() if "policy" in row}
         key = f"{model}:{budget:.2f}"
         earlier = old.get("cells", {}).get(key, {})
-        if earlier.get("environment", {}).get("cpu") != cell["environment"]["cpu"]:
-            earlier = {}  # another machine's timings are not pooled: ratios differ between CPUs
+        ran_on = {k: earlier.get("environment", {}).get(k) for k in ("cpu", "cpu_id")}
+        if ran_on["cpu"] != cell["environment"]["cpu"] or ran_on["cpu_id"] not in (None, cell["environment"]["cpu_id"]):
+            earlier = {}  # another machine's timings are not pooled: ratios differ between CPUs (also two of one name)
         old_at = earlier.get("written_at") or earlier.get("environment", {}).get("date", "?")
         cell["written_at"] = time.strftime("%Y-%m-%d %H:%M")
         for x, on in (measure_cell(model, budget, measured, targets, args) if measured else {}).items():

@@ -84,20 +84,23 @@ def test_a_refused_budget_is_archived_as_an_outcome_and_reported_with_its_floor(
     import gzip
     import json
     import subprocess
+    import sys
 
     from bench.search import run as module
 
     monkeypatch.setattr(module, "ROOT", tmp_path)
     monkeypatch.setattr(module, "base_checkpoint", lambda model: "unused")
+    monkeypatch.setattr(module, "POLL_S", 0.05)
+    popen = subprocess.Popen  # the fakes' own processes (module.subprocess is this module: its Popen gets replaced)
     run = module.plan(module.parse_args(["--plan", "resnet56:0.33", "--methods", "sac", "--seeds", "1", "--machine", "xeon"]))[0]
 
     def refused(command, **kwargs):  # galen search's BudgetError: the range is saved in the run's state, exit 1
         run_dir = tmp_path / "runs" / module.run_name(run)
         run_dir.mkdir(parents=True)
         (run_dir / "state.json").write_text(json.dumps({"feasible_range": [0.336, 1.0], "feasible_extreme": "min keep, 8-bit"}))
-        return subprocess.CompletedProcess(command, 1)
+        return popen([sys.executable, "-c", "raise SystemExit(1)"])
 
-    monkeypatch.setattr(module.subprocess, "run", refused)
+    monkeypatch.setattr(module.subprocess, "Popen", refused)
     module.search(run, episodes=80)
     header = json.loads(gzip.decompress(module.archive(run).read_bytes()).decode().splitlines()[0])
     assert header["refused"] == {"floor": 0.336, "extreme": "min keep, 8-bit"}
@@ -105,10 +108,10 @@ def test_a_refused_budget_is_archived_as_an_outcome_and_reported_with_its_floor(
     module.search(run, episodes=80)  # archived: not searched again (the fake would fail on the existing run dir)
 
     def crashed(command, **kwargs):  # any other failure is an error, not an outcome
-        return subprocess.CompletedProcess(command, 1)
+        return popen([sys.executable, "-c", "raise SystemExit(1)"])
 
     other = {**run, "budget": 0.4}
-    monkeypatch.setattr(module.subprocess, "run", crashed)
+    monkeypatch.setattr(module.subprocess, "Popen", crashed)
     with pytest.raises(subprocess.CalledProcessError):
         module.search(other, episodes=80)
     assert not module.archive(other).exists()
@@ -125,3 +128,50 @@ def test_a_refused_budget_is_archived_as_an_outcome_and_reported_with_its_floor(
     text = (tmp_path / "bench" / "README.md").read_text()
     assert "<!-- methods-xeon:begin -->" in text and "the set searched on `--machine xeon`" in text
     assert "| resnet56 | 33% | sac | 1 | refused: floor 33.6% | - | - | - | - | - | - | - | - | ? |" in text
+
+
+def test_a_namesake_cpu_is_told_apart_by_its_identity_and_stopped_by_its_floor(tmp_path, monkeypatch) -> None:
+    """Two CPUs both named "AMD EPYC" (families 25 and 26): ResNet-56's floor 26.5% and 34.5%. An archive with the CPU's
+    identity refuses the other at once; one with the name only lets the search start and stops it at its floor."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from bench.search import run as module
+
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr(module, "base_checkpoint", lambda model: "unused")
+    monkeypatch.setattr(module, "POLL_S", 0.05)
+    popen = subprocess.Popen  # the fakes' own processes (module.subprocess is this module: its Popen gets replaced)
+    monkeypatch.setattr("hardware.protocol.cpu_model", lambda: "AMD EPYC")
+    monkeypatch.setattr("hardware.protocol.cpu_identity", lambda: "AMD EPYC (family 26, model 2, stepping 1)")
+    sac, tpe = module.plan(module.parse_args(["--plan", "resnet56:0.4", "--methods", "sac,tpe", "--seeds", "1"]))
+    extreme = "min keep, 8-bit"
+    old = {"feasible_range": [0.265, 1.0], "feasible_extreme": extreme}
+    _archive_of(module, tpe, "AMD EPYC", state=old, cpu_id="AMD EPYC (family 25, model 17, stepping 1)")
+    with pytest.raises(module.MachineError, match=r"searched on AMD EPYC \(family 25.*this machine is AMD EPYC \(family 26"):
+        module.check_machine([sac])
+
+    _archive_of(module, tpe, "AMD EPYC", state=old)  # recorded before the identity: the name only, which matches
+    module.check_machine([sac])
+    assert module.floor_mismatch(sac, 0.272, extreme) is None  # within the repeatability of one CPU's floor
+    assert module.floor_mismatch(sac, 0.345, "every block dropped") is None  # another env's extreme: not comparable
+    assert module.floor_mismatch({**sac, "round_to": 8}, 0.345, extreme) is None  # another set
+    started = []
+
+    def namesake(command, **kwargs):  # measures its floor, then would search for a minute
+        run_dir = tmp_path / "runs" / module.run_name(sac)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "state.json").write_text(json.dumps({"feasible_range": [0.345, 1.0], "feasible_extreme": extreme}))
+        started.append(popen([sys.executable, "-c", "import time; time.sleep(60)"]))
+        return started[-1]
+
+    monkeypatch.setattr(module.subprocess, "Popen", namesake)
+    begun = time.time()
+    with pytest.raises(module.MachineError, match=r"floor \(min keep, 8-bit\) at 34.5%.*archives of its set at 26.5%-26.5%.*--machine TAG"):
+        module.search(sac, episodes=80)
+    assert time.time() - begun < 30 and started[0].poll() is not None  # stopped, not waited out
+    assert not module.archive(sac).exists()  # nothing joined the set
+    with pytest.raises(SystemExit, match="error: bench.search: resnet56-b40-r16-sac-paced-s0 measured its floor"):
+        module.main(["--plan", "resnet56:0.4", "--methods", "sac", "--seeds", "1", "--only", "search"])

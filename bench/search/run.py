@@ -24,6 +24,10 @@ on the Intel Xeon), so one set of runs is searched on one CPU: each archive reco
 search on another CPU than the plan's archives stops with an error unless ``--machine TAG`` names a separate set (run
 names end in ``-m<TAG>``; results ``bench/results/<results>-<TAG>.json``, their own README section and plots). The
 untagged archives of ResNet-56 and of ResNet-20 at 40% were searched on the AMD EPYC, ResNet-20 at 50% on the Xeon.
+A CPU's name does not identify it (a Zen 5 VM is also "AMD EPYC", with ResNet-56's floor at 34.5%): archives record the
+CPU's identity too (x86 family, model, stepping; ``hardware.protocol.cpu_identity``), and since older archives have the
+name only, every search is also stopped before its first episode when the floor it measured is more than 15% from its
+set's (``floor_mismatch``).
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "random-apq": {"agent.algo": "random", "agent.screen": 8},  # random search screened by the accuracy predictor
     "sac-drop": {"agent.algo": "sac", "env.block_drop": True},  # SAC joint with N2N-style block removal
 }
+FLOOR_TOLERANCE = 0.15  # ResNet-56's floor when each run started: Intel Xeon 32.6-34.4%, AMD EPYC 25.9-29.4%; its namesake 34.5%
+POLL_S = 2.0  # how often a running search's state is read (its floor, measured before the first episode)
 SLOW_WAITS = 18  # final re-measure: at most 3 minutes waiting for the machine to leave its slow state
 WALL_MODES = ("paced", "relative", "clamp")
 
@@ -105,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="",
         help="a separate set of runs searched on this machine (lower-case letters and digits, e.g. xeon): run names end in "
         "-m<TAG>, results go to bench/results/<results>-<TAG>.json and a README section of their own (default: none, the "
-        "benchmark's own set; a search on another CPU than its archives' is refused)",
+        "benchmark's own set; a search on another CPU than its archives' is refused, also one of the same name whose floor "
+        "measures more than 15%% off theirs)",
     )
     args = p.parse_args(argv)
     if args.machine and not re.fullmatch(r"[a-z0-9]+", args.machine):
@@ -216,7 +223,7 @@ def archive(run: dict[str, Any]) -> Path:
 
 def search(run: dict[str, Any], episodes: int) -> None:
     from agents.recorder import read_episodes
-    from hardware.protocol import cpu_model
+    from hardware.protocol import cpu_identity, cpu_model
 
     if archive(run).exists():
         return
@@ -231,9 +238,17 @@ def search(run: dict[str, Any], episodes: int) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: searching", flush=True)
-    done = subprocess.run(command, cwd=REPO, env=env, check=False)
-    state = json.loads((run_dir / rundir.STATE).read_text()) if (run_dir / rundir.STATE).exists() else {}
-    header = {"run": run, "state": state, "config": config, "cpu": cpu_model()}
+    done = subprocess.Popen(command, cwd=REPO, env=env)
+    try:
+        mismatch = watch_floor(run, run_dir, done)
+    except BaseException:
+        done.terminate()  # a search stopped by SIGTERM resumes
+        done.wait()
+        raise
+    if mismatch:
+        raise MachineError(mismatch)
+    state = read_state(run_dir)
+    header = {"run": run, "state": state, "config": config, "cpu": cpu_model(), "cpu_id": cpu_identity()}
     floor = (state.get("feasible_range") or [None])[0]
     if done.returncode and floor is not None and run["budget"] < floor:
         # refused before its first episode: the budget is below this CPU's floor for the env (galen search's BudgetError);
@@ -246,6 +261,83 @@ def search(run: dict[str, Any], episodes: int) -> None:
     records = read_episodes(run_dir)
     write_archive(run, header, records)
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: {len(records)} episodes, {time.time() - started:.0f} s", flush=True)
+
+
+def read_state(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((run_dir / rundir.STATE).read_text())
+    except (OSError, ValueError):  # not written yet (written atomically: never half)
+        return {}
+
+
+def watch_floor(run: dict[str, Any], run_dir: Path, process: subprocess.Popen) -> str | None:
+    """Wait for the search; as soon as it has measured its floor (before its first episode; a resumed run's is the one it
+    started with) compare that with its set's (``floor_mismatch``), and on a mismatch stop it (SIGTERM: it resumes) and
+    return why. Also a refusal is checked: another CPU's floor is no outcome of this set."""
+    checked = False
+    while True:
+        code = process.poll()
+        state = {} if checked else read_state(run_dir)
+        if state.get("feasible_range") and state.get("feasible_extreme"):
+            checked = True
+            mismatch = floor_mismatch(run, state["feasible_range"][0], state["feasible_extreme"])
+            if mismatch:
+                if code is None:
+                    process.terminate()
+                    process.wait()
+                return mismatch
+        if code is not None:
+            return None
+        time.sleep(POLL_S)
+
+
+def floor_mismatch(run: dict[str, Any], floor: float, extreme: str) -> str | None:
+    """Why ``floor`` (measured here for ``run``'s env) shows that this is not the CPU its set was searched on, or None.
+
+    The floor (the cheapest uniform extreme's latency over the uncompressed model's) is the set's latency ratios in one
+    number: the archives of its set (as ``check_machine``'s) with the same extreme measured it within 13% on one CPU, so
+    a floor more than ``FLOOR_TOLERANCE`` from their median is another CPU under the same name (two "AMD EPYC": 26.7% and
+    34.5%) or other work loading this one."""
+    fields = ("model", "budget", "round_to", "distill", "target", "machine")
+    floors = []
+    for path, header in archive_headers():
+        done, state = header["run"], header.get("state") or {}
+        if path == archive(run) or any(run.get(f) != done.get(f) for f in fields):
+            continue
+        if state.get("feasible_extreme") == extreme and state.get("feasible_range"):
+            floors.append((state["feasible_range"][0], run_name(done)))
+    if not floors:
+        return None
+    middle = statistics.median(f for f, _ in floors)
+    if abs(floor - middle) <= FLOOR_TOLERANCE * middle:
+        return None
+    low, high = min(floors)[0], max(floors)[0]
+    return (
+        f"bench.search: {run_name(run)} measured its floor ({extreme}) at {floor:.1%} on this machine, the {len(floors)} "
+        f"archives of its set at {low:.1%}-{high:.1%} (e.g. {floors[0][1]}): this is another CPU than theirs under the same "
+        f"name, or other work is loading this one, and its latency ratios would not be comparable with theirs; the search "
+        f"was stopped (its run directory resumes). Pass --machine TAG to search a separate set on this machine, or run "
+        f"again when the machine is idle"
+    )
+
+
+def archive_headers() -> list[tuple[Path, dict[str, Any]]]:
+    """Every archive's header line (``data/*.jsonl.gz``), by name."""
+    headers = []
+    for path in sorted((ROOT / "data").glob("*.jsonl.gz")):
+        with gzip.open(path, "rt") as handle:
+            headers.append((path, json.loads(handle.readline())))
+    return headers
+
+
+def searched_here(header: dict[str, Any]) -> bool:
+    """Whether an archive (or a final re-measure) was made on this CPU: by its identity (name, family, model, stepping)
+    where recorded, else (archives before 2026-12-05) by the name only; ``floor_mismatch`` catches a namesake there."""
+    from hardware.protocol import cpu_identity, cpu_model
+
+    if header.get("cpu_id"):
+        return header["cpu_id"] == cpu_identity()
+    return header.get("cpu") == cpu_model()
 
 
 def write_archive(run: dict[str, Any], header: dict[str, Any], records: list[dict[str, Any]]) -> None:
@@ -266,19 +358,17 @@ class MachineError(RuntimeError):
 def check_machine(runs: list[dict[str, Any]]) -> None:
     """Refuse to search a run whose set (model, budget, rounding, distillation, target and ``--machine`` tag alike) has
     archives searched on another CPU (their latency ratios differ): every archive in ``data/`` counts, not only the plan's."""
-    from hardware.protocol import cpu_model
+    from hardware.protocol import cpu_identity
 
-    here = cpu_model()
+    here = cpu_identity()
     fields = ("model", "budget", "round_to", "distill", "target", "machine")
     pending = [run for run in runs if not archive(run).exists()]
     if not pending:
         return
-    for path in sorted((ROOT / "data").glob("*.jsonl.gz")):
-        with gzip.open(path, "rt") as handle:
-            header = json.loads(handle.readline())
-        cpu, done = header.get("cpu"), header["run"]
+    for _, header in archive_headers():
+        cpu, done = header.get("cpu_id") or header.get("cpu"), header["run"]
         same = [r for r in pending if all(r.get(f) == done.get(f) for f in fields)]
-        if cpu and cpu != here and same:
+        if cpu and not searched_here(header) and same:
             words = re.findall(r"[a-z0-9]+", here.lower().replace("(r)", ""))
             tag = next((w for w in ("xeon", "epyc", "graviton", "neoverse") if w in words), words[0] if words else "here")
             raise MachineError(
@@ -373,7 +463,7 @@ def final_measure(
     from envs import JointEnv
     from experiments.results import fixed_finetune
     from hardware.client import LatencyClient, lowest_ratio
-    from hardware.protocol import cpu_model
+    from hardware.protocol import cpu_identity, cpu_model
 
     env = JointEnv({"model": model, "base_epochs": 5, "target_ratio": budget, "round_to": round_to})
     policy = CompressionPolicy.from_dict(record["policy"])
@@ -398,7 +488,7 @@ def final_measure(
     if "test_after_finetune" not in result:
         after, seconds = fixed_finetune(env, policy, finetune_steps)
         result.update(test_after_finetune=after, finetune_seconds=seconds)
-    result.update(latency_ratio=witness.ratio, reference_ms=witness.reference.median_ms, cpu=cpu_model())
+    result.update(latency_ratio=witness.ratio, reference_ms=witness.reference.median_ms, cpu=cpu_model(), cpu_id=cpu_identity())
     cache[key] = result
     return cache[key]
 
@@ -444,7 +534,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         best = metrics.pop("best")
         searched_on = header.get("cpu")
         key = final_key(model, run["budget"], best, args.finetune_steps, run.get("round_to", 8), run.get("machine", "")) if best else ""
-        if best is not None and searched_on and searched_on != here and key not in cache:
+        if best is not None and searched_on and not searched_here(header) and key not in cache:
             print(f"{run_name(run)}: searched on {searched_on}, not re-measured here ({here}); write it there", flush=True)
             metrics.update(best_accuracy=best["accuracy"], best_episode=best["episode"], best_policy=best["policy"], cpu=searched_on)
         elif best is not None:
@@ -675,10 +765,13 @@ def main(argv: list[str] | None = None) -> None:
             check_machine(runs)
         except MachineError as error:
             raise SystemExit(f"error: {error}") from None
-        for run in runs:
-            if args.stop_after is not None and time.time() - started > 60 * args.stop_after:
-                print("stop-after reached; run again to continue", flush=True)
-                break
-            search(run, args.episodes)
+        try:
+            for run in runs:
+                if args.stop_after is not None and time.time() - started > 60 * args.stop_after:
+                    print("stop-after reached; run again to continue", flush=True)
+                    break
+                search(run, args.episodes)
+        except MachineError as error:
+            raise SystemExit(f"error: {error}") from None
     if args.only in (None, "write"):
         write(args, runs)
