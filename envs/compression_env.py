@@ -253,6 +253,8 @@ class CompressionEnv(gym.Env):
 
     def _wall_step(self, unit: str, requested: Option, action: np.ndarray) -> tuple[Option, np.ndarray]:
         allowed = self._aligned(unit, self.wall.bounds(self.policy(), self._t, self.limit()))
+        if self.config.block_drop == "needed" and unit in self.droppable:
+            allowed = self._drop_if_needed(allowed)
         if self.config.wall_mode == "relative":
             return self._relative(allowed, action), action
         if self.config.wall_mode == "paced":
@@ -265,6 +267,16 @@ class CompressionEnv(gym.Env):
 
         chosen = min(allowed, key=distance)
         return chosen, self._encode(unit, chosen, action)
+
+    def _drop_if_needed(self, allowed: list[Option]) -> list[Option]:
+        """``block_drop: needed``: the options that drop the block leave ``allowed`` while this unit and every later one at
+        its narrowest keep would still fit the budget (``Wall.fits_without_drops``): while channel pruning alone can meet
+        it. Offered wherever the wall allows it (``block_drop: true``), SAC dropped 3-18 blocks per episode at 40% on
+        the Intel Xeon, where channel pruning reaches the budget: its best 78.8% against 86.6% without block removal."""
+        kept = [o for o in allowed if o.keep != 0.0]
+        if not kept or len(kept) == len(allowed):
+            return allowed
+        return kept if self.wall.fits_without_drops(self.policy(), self._t, self.limit()) else allowed
 
     @staticmethod
     def _relative(allowed: list[Option], action: np.ndarray) -> Option:

@@ -94,8 +94,10 @@ class EnvConfig:
     # text. The two-stage search passes stage 1's best policy to stage 2 this way.
     base_policy: str | None = None
     # N2N-style block removal: residual blocks with an identity shortcut may be dropped whole (keep ratio 0 for the
-    # group inside each; compression.blocks), so the artifact loses their operators too (prune and joint envs)
-    block_drop: bool = False
+    # group inside each; compression.blocks), so the artifact loses their operators too (prune and joint envs).
+    # "needed": a block may be dropped only where channel pruning cannot meet the budget any more (the remaining units
+    # at their narrowest keep would not fit); true: wherever the wall allows it.
+    block_drop: bool | str = False
 
     @property
     def measured_objective(self) -> bool:
@@ -133,8 +135,8 @@ class EnvConfig:
                 raise EnvConfigError("env config", name, getattr(self, name), allowed)
         if self.weights is not None and self.checkpoint is not None:
             raise EnvConfigError("env config", "weights", self.weights, "a state-dict file, or the checkpoint field, not both")
-        if not isinstance(self.block_drop, bool):
-            raise EnvConfigError("env config", "block_drop", self.block_drop, "true or false")
+        if not isinstance(self.block_drop, bool) and self.block_drop != "needed":
+            raise EnvConfigError("env config", "block_drop", self.block_drop, "true, false or 'needed'")
         if self.base_policy is not None:
             load_base_policy(self.base_policy)  # raises naming the field
         for name in ("weights", "checkpoint"):
@@ -201,7 +203,7 @@ class EnvConfig:
             "calibration_images",
             "objective",
         )
-        return tuple(getattr(self, f) for f in fields)
+        return tuple(bool(self.block_drop) if f == "block_drop" else getattr(self, f) for f in fields)
 
 
 def load_base_policy(value: str | None) -> Any:

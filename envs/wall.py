@@ -142,6 +142,19 @@ class Wall:
         fits = [r for r in ratios if self.cost(self._rest(decided, index, lambda u, r=r: self._uniform(u, r, precision))) <= limit]
         return fits[-1] if fits else None
 
+    def fits_without_drops(self, decided: CompressionPolicy, index: int, limit: float) -> bool:
+        """Whether unit ``index`` and every later unit at its narrowest keep that drops no block (all at their
+        ``q``-th precision, for any ``q``) still fit ``limit`` with the ``decided`` earlier units: channel pruning alone
+        can still meet the budget (``block_drop: needed``)."""
+
+        def narrowest(unit: str, precision: int) -> Option:
+            keeps = sorted({o.keep for o in self.options[unit] if o.keep})  # neither None (no keep decided) nor 0 (a drop)
+            precisions = self.precisions_of(unit)
+            return Option(keeps[0] if keeps else None, precisions[min(precision, len(precisions) - 1)])
+
+        levels = max((len(self.precisions_of(u)) for u in self.units[index:]), default=1)
+        return any(self.cost(self._rest(decided, index, lambda u, q=q: narrowest(u, q))) <= limit for q in range(levels))
+
     def _uniform(self, unit: str, ratio: float, precision: int) -> Option:
         precisions = self.precisions_of(unit)
         return Option(self.keep_at(unit, ratio), precisions[min(precision, len(precisions) - 1)])

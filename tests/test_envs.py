@@ -477,5 +477,23 @@ def test_block_drop_removes_residual_blocks_under_the_wall_and_lowers_the_floor(
     plain = JointEnv(base).ctx
     assert plain is not env.ctx and plain.calibration_anchors == (0, 1, 2, 3)
     assert plain._drop_policies(random.Random(0), narrow, int8) == []
-    with pytest.raises(EnvConfigError, match="field 'block_drop' is 'yes'; allowed: true or false"):
+    with pytest.raises(EnvConfigError, match="field 'block_drop' is 'yes'; allowed: true, false or 'needed'"):
         EnvConfig(block_drop="yes")
+
+
+def test_block_drop_needed_drops_blocks_only_where_channel_pruning_cannot_meet_the_budget(config: dict) -> None:
+    base = {**config, "objective": "macs"}
+    plain_floor = JointEnv({**base, "target_ratio": 0.5}).feasible_range()[0]
+    narrowest = np.zeros((len(JointEnv({**base, "target_ratio": 0.5}).units), 2), np.float32)  # the most compressed request
+
+    def dropped(env: JointEnv) -> tuple[list[str], bool]:
+        _, _, info = _run(env, narrowest)
+        return [g for g, k in info["policy"]["keep"].items() if k == 0.0], info["within_budget"]
+
+    loose = 1.2 * plain_floor  # channel pruning alone reaches it
+    assert dropped(JointEnv({**base, "target_ratio": loose, "block_drop": True}))[0]  # offered anyway: the request drops
+    assert dropped(JointEnv({**base, "target_ratio": loose, "block_drop": "needed"})) == ([], True)
+    tight = JointEnv({**base, "target_ratio": 0.8 * plain_floor, "block_drop": "needed"})  # below channel pruning's floor
+    blocks, within = dropped(tight)
+    assert blocks and within and set(blocks) <= tight.droppable
+    assert tight.ctx is JointEnv({**base, "target_ratio": loose, "block_drop": True}).ctx  # one calibration for both
