@@ -530,14 +530,20 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
         metrics.update(reach_metrics(own, run["budget"]))
         if header.get("refused"):
             metrics["refused_floor"] = header["refused"]["floor"]  # no episode: the budget is below the floor here
-            metrics["cpu"] = header.get("cpu")
+            metrics["cpu"], metrics["cpu_id"] = header.get("cpu"), header.get("cpu_id")
         cell = out.setdefault(model, {}).setdefault(budget, {}).setdefault(method, {"seeds": []})
         best = metrics.pop("best")
         searched_on = header.get("cpu")
         key = final_key(model, run["budget"], best, args.finetune_steps, run.get("round_to", 8), run.get("machine", "")) if best else ""
         if best is not None and searched_on and not searched_here(header) and key not in cache:
             print(f"{run_name(run)}: searched on {searched_on}, not re-measured here ({here}); write it there", flush=True)
-            metrics.update(best_accuracy=best["accuracy"], best_episode=best["episode"], best_policy=best["policy"], cpu=searched_on)
+            metrics.update(
+                best_accuracy=best["accuracy"],
+                best_episode=best["episode"],
+                best_policy=best["policy"],
+                cpu=searched_on,
+                cpu_id=header.get("cpu_id"),
+            )
         elif best is not None:
             final = final_measure(model, run["budget"], best, args.finetune_steps, cache, run.get("round_to", 8), run.get("machine", ""))
             write_atomic(final_path, dumps(cache, indent=1))
@@ -548,6 +554,7 @@ def write(args: argparse.Namespace, runs: list[dict[str, Any]]) -> dict[str, Any
                 best_accuracy_after_finetune=final["test_after_finetune"],
                 latency_ratio_remeasured=final["latency_ratio"],
                 cpu=final["cpu"],
+                cpu_id=final.get("cpu_id"),  # re-measures before 2026-12-05 have the name only
             )
         cell["seeds"].append({"seed": run["seed"], **metrics})
         curves.setdefault((model, budget), {}).setdefault(method, []).append(best_so_far(own))
@@ -641,7 +648,7 @@ def write_readme(out: dict[str, Any], plots: list[str], args: argparse.Namespace
     title = TITLES[args.results] + (f", the set searched on `--machine {args.machine}`" if args.machine else "")
     lines = [f"<!-- {name}:begin -->", title, ""]
     cells = [x for m, b in out.items() if m != "proxy_kendall_tau" for c in b.values() for x in c.values()]
-    cpus = {s.get("cpu") for x in cells for s in x["seeds"]}
+    cpus = {s.get("cpu_id") or s.get("cpu") for x in cells for s in x["seeds"]}
     lines.append(
         f"`python -m bench.search` ({args.episodes} episodes per run, fixed fine-tune {args.finetune_steps} steps; "
         f"CPU: {', '.join(sorted(c for c in cpus if c))}). Raw data: `bench/results/{name}.json`; episodes: `bench/search/data/`."
