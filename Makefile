@@ -59,7 +59,7 @@ bench-search: setup
 # Every search method on ResNet-56 at the search benchmark's two budgets, 3 seeds, 80 episodes (issue 24; many hours,
 # resumable; runs shared with bench-search are not run again); then the accuracy predictor replayed over the archives
 bench-methods: setup
-	$(BIN)/python -m bench.search --plan "resnet56:0.4,0.33" --methods sac,ppo,random,tpe,gp-bo,nsga2,two-stage,random-apq,sac-drop,uniform --seeds 3 --episodes 80 --results methods
+	$(BIN)/python -m bench.search --plan "resnet56:0.4,0.33" --methods sac,ppo,random,tpe,gp-bo,nsga2,two-stage,random-apq,sac-drop,sac-drop-needed,uniform --seeds 3 --episodes 80 --results methods
 	$(BIN)/python -m bench.search.predictor
 
 # Is a policy specific to its target (issue 23): one search per target, every best policy re-measured on every target
