@@ -103,8 +103,9 @@ def cpu_model() -> str:
 
 def cpu_identity() -> str:
     """The CPU's model name with the identifiers a VM keeps when it hides the name: x86 family, model and stepping
-    (ARM: implementer, part and variant). Two different CPUs were both named "AMD EPYC" (a Zen 5, family 26, measured
-    ResNet-56's int8 floor at 34.5% of fp32, the other at 26.5%), so the name alone does not say two timings are comparable.
+    (ARM: implementer, part and variant). Two different CPUs were both named "AMD EPYC" (on a Zen 5, family 26,
+    ResNet-56's floor, min keep and int8, measured 34.5% of its fp32 latency, on the other 26-29%), so the name alone
+    does not say two timings are comparable.
     """
     fields: dict[str, str] = {}
     try:
