@@ -101,6 +101,16 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+IDENTITY_FIELDS = {  # /proc/cpuinfo key -> its word in cpu_identity()
+    "cpu family": "family",
+    "model": "model",
+    "stepping": "stepping",
+    "cpu implementer": "implementer",
+    "cpu part": "part",
+    "cpu variant": "variant",
+}
+
+
 def cpu_identity() -> str:
     """The CPU's model name with the identifiers a VM keeps when it hides the name: x86 family, model and stepping
     (ARM: implementer, part and variant). Two different CPUs were both named "AMD EPYC" (on a Zen 5, family 26,
@@ -120,16 +130,6 @@ def cpu_identity() -> str:
         pass
     details = ", ".join(f"{IDENTITY_FIELDS[k]} {v}" for k, v in fields.items())
     return f"{cpu_model()} ({details})" if details else cpu_model()
-
-
-IDENTITY_FIELDS = {
-    "cpu family": "family",
-    "model": "model",
-    "stepping": "stepping",
-    "cpu implementer": "implementer",
-    "cpu part": "part",
-    "cpu variant": "variant",
-}
 
 
 def _time_runs(prepared: Prepared, runs: int) -> list[float]:

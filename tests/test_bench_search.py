@@ -134,12 +134,16 @@ def test_a_namesake_cpu_is_told_apart_by_its_identity_and_stopped_by_its_floor(t
     """Two CPUs both named "AMD EPYC" (families 25 and 26): ResNet-56's floor 26.5% and 34.5%. An archive with the CPU's
     identity refuses the other at once; one with the name only lets the search start and stops it at its floor."""
     import json
+    import platform
     import subprocess
     import sys
     import time
 
     from bench.search import run as module
+    from hardware.protocol import cpu_identity, cpu_model
 
+    here = cpu_identity()  # this machine's: its name, then on x86 its family, model and stepping
+    assert here.startswith(cpu_model()) and (platform.machine() != "x86_64" or " (family " in here)
     monkeypatch.setattr(module, "ROOT", tmp_path)
     monkeypatch.setattr(module, "base_checkpoint", lambda model: "unused")
     monkeypatch.setattr(module, "POLL_S", 0.05)

@@ -69,6 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sac-drop": {"agent.algo": "sac", "env.block_drop": True},  # SAC joint with N2N-style block removal
     "sac-drop-needed": {"agent.algo": "sac", "env.block_drop": "needed"},  # ... only where channel pruning cannot reach
 }
+SET_FIELDS = ("model", "budget", "round_to", "distill", "target", "machine")  # runs alike in these are one set (one CPU)
 FLOOR_TOLERANCE = 0.15  # ResNet-56's floor when each run started: Intel Xeon 32.6-34.4%, AMD EPYC 25.9-29.4%; its namesake 34.5%
 POLL_S = 2.0  # how often a running search's state is read (its floor, measured before the first episode)
 SLOW_WAITS = 18  # final re-measure: at most 3 minutes waiting for the machine to leave its slow state
@@ -275,19 +276,16 @@ def watch_floor(run: dict[str, Any], run_dir: Path, process: subprocess.Popen) -
     """Wait for the search; as soon as it has measured its floor (before its first episode; a resumed run's is the one it
     started with) compare that with its set's (``floor_mismatch``), and on a mismatch stop it (SIGTERM: it resumes) and
     return why. Also a refusal is checked: another CPU's floor is no outcome of this set."""
-    checked = False
     while True:
-        code = process.poll()
-        state = {} if checked else read_state(run_dir)
+        exited = process.poll() is not None
+        state = read_state(run_dir)
         if state.get("feasible_range") and state.get("feasible_extreme"):
-            checked = True
             mismatch = floor_mismatch(run, state["feasible_range"][0], state["feasible_extreme"])
-            if mismatch:
-                if code is None:
-                    process.terminate()
-                    process.wait()
-                return mismatch
-        if code is not None:
+            if mismatch and not exited:
+                process.terminate()
+            process.wait()  # stopped, or the whole search
+            return mismatch
+        if exited:
             return None
         time.sleep(POLL_S)
 
@@ -299,11 +297,10 @@ def floor_mismatch(run: dict[str, Any], floor: float, extreme: str) -> str | Non
     number: the archives of its set (as ``check_machine``'s) with the same extreme measured it within 13% on one CPU, so
     a floor more than ``FLOOR_TOLERANCE`` from their median is another CPU under the same name (two "AMD EPYC": 26.7% and
     34.5%) or other work loading this one."""
-    fields = ("model", "budget", "round_to", "distill", "target", "machine")
     floors = []
     for path, header in archive_headers():
         done, state = header["run"], header.get("state") or {}
-        if path == archive(run) or any(run.get(f) != done.get(f) for f in fields):
+        if path == archive(run) or not same_set(run, done):
             continue
         if state.get("feasible_extreme") == extreme and state.get("feasible_range"):
             floors.append((state["feasible_range"][0], run_name(done)))
@@ -329,6 +326,10 @@ def archive_headers() -> list[tuple[Path, dict[str, Any]]]:
         with gzip.open(path, "rt") as handle:
             headers.append((path, json.loads(handle.readline())))
     return headers
+
+
+def same_set(run: dict[str, Any], other: dict[str, Any]) -> bool:
+    return all(run.get(f) == other.get(f) for f in SET_FIELDS)
 
 
 def searched_here(header: dict[str, Any]) -> bool:
@@ -362,13 +363,12 @@ def check_machine(runs: list[dict[str, Any]]) -> None:
     from hardware.protocol import cpu_identity
 
     here = cpu_identity()
-    fields = ("model", "budget", "round_to", "distill", "target", "machine")
     pending = [run for run in runs if not archive(run).exists()]
     if not pending:
         return
     for _, header in archive_headers():
         cpu, done = header.get("cpu_id") or header.get("cpu"), header["run"]
-        same = [r for r in pending if all(r.get(f) == done.get(f) for f in fields)]
+        same = [r for r in pending if same_set(r, done)]
         if cpu and not searched_here(header) and same:
             words = re.findall(r"[a-z0-9]+", here.lower().replace("(r)", ""))
             tag = next((w for w in ("xeon", "epyc", "graviton", "neoverse") if w in words), words[0] if words else "here")
@@ -771,9 +771,6 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "search"):
         try:
             check_machine(runs)
-        except MachineError as error:
-            raise SystemExit(f"error: {error}") from None
-        try:
             for run in runs:
                 if args.stop_after is not None and time.time() - started > 60 * args.stop_after:
                     print("stop-after reached; run again to continue", flush=True)
