@@ -240,26 +240,26 @@ def search(run: dict[str, Any], episodes: int) -> None:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
     started = time.time()
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: searching", flush=True)
-    done = subprocess.Popen(command, cwd=REPO, env=env)
+    process = subprocess.Popen(command, cwd=REPO, env=env)
     try:
-        mismatch = watch_floor(run, run_dir, done)
+        mismatch = watch_floor(run, run_dir, process)
     except BaseException:
-        done.terminate()  # a search stopped by SIGTERM resumes
-        done.wait()
+        process.terminate()  # a search stopped by SIGTERM resumes
+        process.wait()
         raise
     if mismatch:
         raise MachineError(mismatch)
     state = read_state(run_dir)
     header = {"run": run, "state": state, "config": config, "cpu": cpu_model(), "cpu_id": cpu_identity()}
     floor = (state.get("feasible_range") or [None])[0]
-    if done.returncode and floor is not None and run["budget"] < floor:
+    if process.returncode and floor is not None and run["budget"] < floor:
         # refused before its first episode: the budget is below this CPU's floor for the env (galen search's BudgetError);
         # an outcome of the method on this machine (block removal reaches budgets channel pruning cannot), archived as such
         write_archive(run, {**header, "refused": {"floor": floor, "extreme": state.get("feasible_extreme")}}, [])
         print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: refused, the budget is below the floor ({floor:.3f})", flush=True)
         return
-    if done.returncode:
-        raise subprocess.CalledProcessError(done.returncode, command)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, command)
     records = read_episodes(run_dir)
     write_archive(run, header, records)
     print(f"[{time.strftime('%H:%M:%S')}] {run_name(run)}: {len(records)} episodes, {time.time() - started:.0f} s", flush=True)
